@@ -1,0 +1,53 @@
+"""The running job: its environment, its preemption watcher, and the stop that follows a preemption."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Callable, Iterable, NoReturn
+
+from runner import exitcodes
+from runner.environment import JobEnvironment
+from runner.errors import RequeueError
+from runner.preemption import PreemptionWatcher
+from runner.requeue import request_requeue
+
+logger = logging.getLogger(__name__)
+
+
+class Job:
+    """A preemptible job seen from inside.
+
+    Create it early, before the slow start-up, so that a signal sent during start-up is recorded. At each safe
+    point call ``stop_if_preempted(save)``: after a preemption signal it saves, asks for a requeue and exits with
+    ``exitcodes.REQUEUED`` (75); without one it returns at once.
+    """
+
+    def __init__(self, signals: Iterable[str | int] | None = None, env: JobEnvironment | None = None):
+        self.env = env or JobEnvironment.from_environ()
+        self.watcher = PreemptionWatcher(signals).install()
+
+    @property
+    def preempted(self) -> bool:
+        return self.watcher.requested
+
+    def stop_if_preempted(self, save: Callable[[], None] | None = None) -> None:
+        if self.preempted:
+            if save is not None:
+                save()
+            self.requeue_and_exit()
+
+    def requeue_and_exit(self) -> NoReturn:
+        """Ask the scheduler to requeue this job and exit: 75 when it accepted, 76 when it could not be asked."""
+        record = self.watcher.first
+        if record is not None:
+            logger.warning("job %s stopping after %s, received %.1f s ago", self.env.job_id, record.signal.name,
+                           time.monotonic() - record.received_monotonic)
+        try:
+            request_requeue(self.env)
+        except RequeueError as error:
+            logger.error("%s", error)
+            sys.exit(exitcodes.REQUEUE_FAILED)
+        sys.stdout.flush()
+        sys.exit(exitcodes.REQUEUED)
