@@ -12,7 +12,7 @@ from runner import protocol
 
 @dataclass(frozen=True)
 class JobEnvironment:
-    """Where and as what this process runs: backend, job id, array task, restart count and rank."""
+    """The place of this process in its job: backend, job id, array task, restart count and rank."""
 
     backend: str
     """``slurm``, ``local`` (runner's local scheduler) or ``none`` (a plain process)."""

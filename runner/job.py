@@ -20,7 +20,7 @@ class Job:
     """A preemptible job seen from inside.
 
     Create it early, before the slow start-up, so that a signal sent during start-up is recorded. At each safe
-    point call ``stop_if_preempted(save)``: after a preemption signal it saves, asks for a requeue and exits with
+    point call ``stop_if_preempted(save)``: after a preemption signal it saves, requests a requeue and exits with
     ``exitcodes.REQUEUED`` (75); without one it returns at once.
     """
 

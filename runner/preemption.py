@@ -34,7 +34,7 @@ def parse_signal(value: str | int | signal.Signals) -> signal.Signals:
 
 
 def default_signals() -> list[signal.Signals]:
-    """The preemption signal named by ``RUNNER_PREEMPT_SIGNAL``, or SIGUSR1."""
+    """Return the preemption signal named by ``RUNNER_PREEMPT_SIGNAL``, or SIGUSR1."""
     configured = os.environ.get(protocol.PREEMPT_SIGNAL_VAR)
     return [parse_signal(configured)] if configured else [DEFAULT_SIGNAL]
 
@@ -50,7 +50,7 @@ class SignalRecord:
 
 
 class PreemptionWatcher:
-    """Records the arrival of preemption signals; ``requested`` tells the training loop to stop at its next safe point.
+    """Recorder of preemption signals. Once one arrived, ``requested`` is true and the training loop stops at its next safe point.
 
     A handler that another library installed before on the same signal is called after runner records the signal,
     so neither is dropped.
