@@ -1,0 +1,1 @@
+"""Schedulers that run a job: the local one here, SLURM through sbatch elsewhere."""

@@ -1,0 +1,55 @@
+"""Records of a local run: each attempt, the signals sent to it and how it ended."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+@dataclass
+class SentSignal:
+    """A signal the scheduler sent to the job, `after_s` seconds after its attempt started."""
+
+    signal: signal.Signals
+    after_s: float
+    reason: str
+    """``preemption``, ``grace expired``, ``kill-wait expired`` or ``scheduler stopped``."""
+
+
+@dataclass
+class Attempt:
+    """One start of the job's command and how it ended."""
+
+    number: int
+    """1 for the first start; always ``restart_count + 1``."""
+    restart_count: int
+    pid: int
+    started_at: float
+    """Wall-clock start time, as time.time() returns it."""
+    requeue_file: Path
+    signals: list[SentSignal] = field(default_factory=list)
+    exit_status: int | None = None
+    """Shell-style exit status: the job's exit code, or 128+N when signal N killed it; None while it runs."""
+    duration_s: float | None = None
+    requeue_requested: bool = False
+    """The job created its requeue file."""
+    killed_after_preemption: bool = False
+    """The scheduler sent SIGTERM because the grace period after a preemption signal expired."""
+    requeued: bool = False
+    """The scheduler started the job again after this attempt."""
+
+    @property
+    def preemption_count(self) -> int:
+        return sum(1 for sent in self.signals if sent.reason == "preemption")
+
+
+@dataclass
+class RunResult:
+    """Record of one LocalScheduler.run(), filled in as the run goes."""
+
+    job_id: int
+    attempts: list[Attempt] = field(default_factory=list)
+    exit_status: int | None = None
+    """The scheduler's exit status; None until the run ends."""
+    stopped_by: signal.Signals | None = None
+    """The signal (SIGINT or SIGTERM) that stopped the scheduler itself, if any."""

@@ -1,0 +1,265 @@
+"""Run a command as a preemptible job on this machine, the way SLURM runs it with PreemptMode=REQUEUE.
+
+Each attempt gets a SLURM-like environment. On the schedule's preemption times the scheduler sends the
+preemption signal, and if the job still runs `grace_s` later it sends SIGTERM, then SIGKILL after `kill_wait_s`.
+The job is started again, with SLURM_RESTART_COUNT one higher, when it created its RUNNER_REQUEUE_FILE (the local
+form of ``scontrol requeue``) or when the scheduler killed it after a preemption.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from runner import exitcodes
+from runner.backends.attempts import Attempt, RunResult, SentSignal
+from runner.backends.job_step import JobStep, SignalTarget, task_environment
+from runner.backends.schedule import NoPreemption, PreemptionSchedule
+from runner.backends.stop import StopRequest
+from runner.errors import RunnerError
+
+logger = logging.getLogger(__name__)
+
+_POLL_INTERVAL_S = 0.05
+"""Maximum wait in seconds between checks of the job, the deadlines and a stop request."""
+
+
+class CommandNotFoundError(RunnerError):
+    """The job's command is not an executable file, neither as a path nor on PATH."""
+
+    def __init__(self, message: str, command: str) -> None:
+        super().__init__(message)
+        self.command = command
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.command)
+
+
+
+class LocalScheduler:
+    """Run `command` as a local preemptible job; `run()` returns the job's final exit status."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        schedule: PreemptionSchedule | None = None,
+        preempt_signal: signal.Signals = signal.SIGUSR1,
+        signal_target: SignalTarget = SignalTarget.MAIN,
+        grace_s: float = 30.0,
+        kill_wait_s: float = 5.0,
+        max_restarts: int = 10,
+        max_preemptions: int | None = None,
+        job_id: int | None = None,
+        job_name: str | None = None,
+    ) -> None:
+        if not command:
+            raise ValueError("missing command: give the job's command and its arguments, such as ['python', 'train.py']")
+        _check_seconds("grace_s", grace_s)
+        _check_seconds("kill_wait_s", kill_wait_s)
+        _check_count("max_restarts", max_restarts)
+        if max_preemptions is not None:
+            _check_count("max_preemptions", max_preemptions)
+        self.command = list(command)
+        self.schedule = schedule if schedule is not None else NoPreemption()
+        self.preempt_signal = signal.Signals(preempt_signal)
+        self.signal_target = SignalTarget(signal_target)
+        self.grace_s = grace_s
+        self.kill_wait_s = kill_wait_s
+        self.max_restarts = max_restarts
+        self.max_preemptions = max_preemptions
+        self.job_id = job_id if job_id is not None else os.getpid()
+        self.job_name = job_name if job_name is not None else os.path.basename(self.command[0])
+        self.result = RunResult(job_id=self.job_id)
+        self._preemptions_sent = 0
+        self._stop = StopRequest()
+
+    def run(self) -> int:
+        """Run the job until it finishes, is refused a restart or the scheduler is stopped; return its final status.
+
+        Raise CommandNotFoundError when the command cannot be started. SIGINT and SIGTERM to this process stop the
+        job (SIGTERM, then SIGKILL after kill_wait_s) without a restart; this needs the main thread.
+        """
+        _check_executable(self.command[0])
+        self.result = RunResult(job_id=self.job_id)
+        self._preemptions_sent = 0
+        with tempfile.TemporaryDirectory(prefix="runner-local-") as folder, self._stop:
+            # mkdtemp creates the folder with mode 0700, so other users cannot create the requeue file.
+            for restart_count in itertools.count():
+                attempt = self._run_attempt(restart_count, Path(folder))
+                if not self._decide_restart(attempt):
+                    break
+        self.result.stopped_by = self._stop.signal
+        self.result.exit_status = self._final_status(attempt)
+        logger.info(
+            "[job %d] finished with status %d after %d attempt(s)",
+            self.job_id, self.result.exit_status, len(self.result.attempts),
+        )
+        return self.result.exit_status
+
+    def _run_attempt(self, restart_count: int, folder: Path) -> Attempt:
+        requeue_file = folder / f"requeue-{restart_count}"
+        environment = task_environment(
+            job_id=self.job_id,
+            job_name=self.job_name,
+            restart_count=restart_count,
+            preempt_signal=self.preempt_signal,
+            requeue_file=str(requeue_file),
+        )
+        started_s = time.monotonic()
+        try:
+            step = JobStep(self.command, environment)
+        except (FileNotFoundError, PermissionError) as error:
+            raise CommandNotFoundError(f"cannot start {self.command[0]!r}: {error}", self.command[0]) from error
+        attempt = Attempt(restart_count + 1, restart_count, step.pid, time.time(), requeue_file)
+        self.result.attempts.append(attempt)
+        logger.info(
+            "[job %d] attempt %d started, pid %d, SLURM_RESTART_COUNT=%d",
+            self.job_id, attempt.number, attempt.pid, restart_count,
+        )
+
+        try:
+            attempt.exit_status = self._supervise(step, attempt, started_s)
+        except BaseException:
+            # Leave no job running behind a scheduler that failed.
+            step.send(signal.SIGKILL, SignalTarget.GROUP)
+            raise
+        attempt.duration_s = time.monotonic() - started_s
+        step.kill_leftovers()
+        attempt.requeue_requested = requeue_file.exists()
+        logger.info(
+            "[job %d] attempt %d exited with status %d after %.1f s",
+            self.job_id, attempt.number, attempt.exit_status, attempt.duration_s,
+        )
+        return attempt
+
+    def _supervise(self, step: JobStep, attempt: Attempt, started_s: float) -> int:
+        """Send the scheduled signals and escalations until the job exits; return its exit status.
+
+        Times are offsets in seconds from the attempt's start. The first preemption signal starts the grace period;
+        later ones are still sent until SIGTERM goes out, so a job must tolerate repeated signals.
+        """
+        delays_s = self.schedule.delays_s(attempt.restart_count)
+        preempt_at_s = self._next_preemption(delays_s)
+        term_at_s: float | None = None
+        kill_at_s: float | None = None
+        stop_signals_handled = 0
+
+        while True:
+            now_s = time.monotonic() - started_s
+            if self._stop.count > stop_signals_handled:
+                stop_signals_handled = self._stop.count
+                preempt_at_s = term_at_s = None
+                if kill_at_s is None:
+                    self._send(step, attempt, now_s, signal.SIGTERM, SignalTarget.GROUP, "scheduler stopped")
+                    kill_at_s = now_s + self.kill_wait_s
+                else:
+                    kill_at_s = now_s  # A second Ctrl-C skips the rest of the kill wait.
+            if kill_at_s is not None and now_s >= kill_at_s:
+                self._send(step, attempt, now_s, signal.SIGKILL, SignalTarget.GROUP, "kill-wait expired")
+                kill_at_s = math.inf
+            if term_at_s is not None and now_s >= term_at_s:
+                self._send(step, attempt, now_s, signal.SIGTERM, SignalTarget.GROUP, "grace expired")
+                attempt.killed_after_preemption = True
+                preempt_at_s = term_at_s = None
+                kill_at_s = now_s + self.kill_wait_s
+            if preempt_at_s is not None and now_s >= preempt_at_s:
+                self._preemptions_sent += 1
+                self._send(step, attempt, now_s, self.preempt_signal, self.signal_target, "preemption")
+                if term_at_s is None:
+                    term_at_s = now_s + self.grace_s
+                preempt_at_s = self._next_preemption(delays_s)
+
+            deadlines_s = [d for d in (preempt_at_s, term_at_s, kill_at_s) if d is not None]
+            timeout_s = min([_POLL_INTERVAL_S, *(d - now_s for d in deadlines_s)])
+            status = step.wait(max(timeout_s, 0.0))
+            if status is not None:
+                return status
+
+    def _next_preemption(self, delays_s: Iterator[float]) -> float | None:
+        if self.max_preemptions is not None and self._preemptions_sent >= self.max_preemptions:
+            return None
+        return next(delays_s, None)
+
+    def _send(
+        self, step: JobStep, attempt: Attempt, now_s: float, sig: signal.Signals, target: SignalTarget, reason: str
+    ) -> None:
+        step.send(sig, target)
+        attempt.signals.append(SentSignal(sig, now_s, reason))
+        receiver = f"process group {step.pid}" if target is SignalTarget.GROUP else f"pid {step.pid}"
+        if reason == "preemption":
+            cap = "" if self.max_preemptions is None else f" of at most {self.max_preemptions}"
+            detail = f"preemption {self._preemptions_sent}{cap}"
+        elif reason == "grace expired":
+            detail = f"the grace period of {self.grace_s:g} s expired"
+        elif reason == "kill-wait expired":
+            detail = f"the kill wait of {self.kill_wait_s:g} s expired"
+        else:
+            detail = f"the scheduler received {self._stop.signal.name if self._stop.signal else 'a stop request'}"
+        logger.warning(
+            "[job %d] attempt %d: sent %s to %s after %.1f s (%s)",
+            self.job_id, attempt.number, sig.name, receiver, now_s, detail,
+        )
+
+    def _decide_restart(self, attempt: Attempt) -> bool:
+        """Return whether to start the job again after `attempt`, and log the decision."""
+        if self._stop.signal is not None:
+            logger.warning("[job %d] not restarting: the scheduler received %s", self.job_id, self._stop.signal.name)
+            return False
+        if attempt.requeue_requested:
+            reason = "the job requested it"
+        elif attempt.killed_after_preemption:
+            reason = "the scheduler killed the job after a preemption"
+        else:
+            if attempt.exit_status == exitcodes.REQUEUED:
+                logger.warning(
+                    "[job %d] attempt %d exited with status %d (requeue) but did not create its requeue file %s; "
+                    "not restarting",
+                    self.job_id, attempt.number, attempt.exit_status, attempt.requeue_file,
+                )
+            return False
+        if attempt.restart_count >= self.max_restarts:
+            logger.warning(
+                "[job %d] requeue rejected (%s): the job has already been restarted %d times, the maximum",
+                self.job_id, reason, self.max_restarts,
+            )
+            return False
+        attempt.requeued = True
+        logger.info("[job %d] requeue (%s); starting attempt %d", self.job_id, reason, attempt.number + 1)
+        return True
+
+    def _final_status(self, attempt: Attempt) -> int:
+        assert attempt.exit_status is not None
+        refused = attempt.requeue_requested and not attempt.requeued and self._stop.signal is None
+        return exitcodes.REQUEUE_LIMIT if refused else attempt.exit_status
+
+
+def _check_seconds(name: str, value_s: float) -> None:
+    if not math.isfinite(value_s) or value_s < 0:
+        raise ValueError(f"invalid {name}: {value_s!r}; give a finite number of seconds, 0 or more")
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"invalid {name}: {value!r}; give a whole number, 0 or more")
+
+
+def _check_executable(program: str) -> None:
+    """Raise CommandNotFoundError unless `program` is an executable path or a name found on PATH."""
+    if os.sep in program:
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            raise CommandNotFoundError(
+                f"command not found or not executable: {program!r}; check the path, or run chmod +x on it", program
+            )
+    elif shutil.which(program) is None:
+        raise CommandNotFoundError(
+            f"command not found: {program!r}; check its spelling and PATH, or give the path to an executable", program
+        )
