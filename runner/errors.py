@@ -24,6 +24,18 @@ class CorruptCheckpointError(CheckpointError):
     """A checkpoint file is truncated, damaged or was never committed."""
 
 
+class NoValidCheckpointError(CorruptCheckpointError):
+    """Checkpoints exist, but none can be loaded; ``reasons`` lists ``(path, why)`` for each."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None,
+                 reasons: list[tuple[str, str]] | None = None):
+        super().__init__(message, path)
+        self.reasons = list(reasons or [])
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.path, self.reasons)
+
+
 class UnsupportedCheckpointError(CheckpointError):
     """A checkpoint was written in a format this version of runner does not read."""
 

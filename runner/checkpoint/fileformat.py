@@ -29,6 +29,7 @@ _COMMIT = struct.Struct("<8sQQ32s")
 COMMIT_SIZE = _COMMIT.size
 _MAX_HEADER_BYTES = 1 << 20
 _CHUNK_BYTES = 1 << 20
+_MIN_SIZE = len(MAGIC) + _HEADER_LENGTH.size + COMMIT_SIZE
 
 
 class HashingWriter(io.RawIOBase):
@@ -74,14 +75,22 @@ class VerifiedCheckpoint:
     header: dict
     payload_offset: int
     payload_length: int
+    size: int
 
 
 def verify(file: BinaryIO, path: str) -> VerifiedCheckpoint:
-    """Check the commit record and the checksum of ``file``; raise CorruptCheckpointError naming ``path`` if bad."""
+    """Check the size, commit record, checksum and header of ``file`` without unpickling anything.
+
+    Raise CorruptCheckpointError naming ``path`` when the file is empty, truncated, damaged or uncommitted, and
+    UnsupportedCheckpointError when a newer runner wrote it.
+    """
     file.seek(0, os.SEEK_END)
     size = file.tell()
-    if size < len(MAGIC) + _HEADER_LENGTH.size + COMMIT_SIZE:
-        raise CorruptCheckpointError(f"checkpoint {path} is truncated: {size} bytes, too short to be complete", path)
+    if size == 0:
+        raise CorruptCheckpointError(f"checkpoint {path} is empty (0 bytes): its write never got under way", path)
+    if size < _MIN_SIZE:
+        raise CorruptCheckpointError(
+            f"checkpoint {path} is truncated: {size} bytes, fewer than the {_MIN_SIZE} of the smallest checkpoint", path)
     file.seek(size - COMMIT_SIZE)
     magic, payload_offset, payload_length, expected = _COMMIT.unpack(file.read(COMMIT_SIZE))
     if magic != COMMIT_MAGIC:
@@ -96,7 +105,11 @@ def verify(file: BinaryIO, path: str) -> VerifiedCheckpoint:
     if hash_prefix(file, size - COMMIT_SIZE) != expected:
         raise CorruptCheckpointError(f"checkpoint {path} fails its SHA-256 check: the file is damaged", path)
     header = read_header(file, path)
-    return VerifiedCheckpoint(path, header, payload_offset, payload_length)
+    if file.tell() != payload_offset:
+        raise CorruptCheckpointError(
+            f"checkpoint {path} has its header ending at byte {file.tell()}, but its payload starting at byte "
+            f"{payload_offset}", path)
+    return VerifiedCheckpoint(path, header, payload_offset, payload_length, size)
 
 
 def hash_prefix(file: BinaryIO, length: int) -> bytes:
@@ -126,6 +139,8 @@ def read_header(file: BinaryIO, path: str) -> dict:
         header = json.loads(file.read(length))
     except ValueError as error:
         raise CorruptCheckpointError(f"checkpoint {path} has an unreadable header: {error}", path) from error
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"checkpoint {path} has a header that is not a JSON object", path)
     version = header.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UnsupportedCheckpointError(

@@ -1,127 +1,162 @@
-"""Atomic, locked checkpoint files: the write transaction, the lock beside each checkpoint, and the trust check.
+"""The save transaction, which leaves every committed checkpoint intact whatever fails, and the trust check on load.
 
-A save writes a uniquely named temp file in the checkpoint's folder, flushes and fsyncs it, renames it over the
-checkpoint with ``os.replace`` and fsyncs the folder, all under a file lock. A failed save removes its temp file
-and leaves the previous checkpoint as it was.
+A save does this, all under the lock beside the checkpoint:
+
+1. refuse to overwrite a checkpoint of another run;
+2. remove temp files that killed writers left behind;
+3. write a new temp file, flush, fsync and close it;
+4. give the current checkpoint a numbered name beside it (see ``retention``);
+5. rename the temp file over the checkpoint with ``os.replace``, and fsync the folder;
+6. remove numbered checkpoints beyond the number to keep.
+
+A failure in steps 1 to 5 removes the temp file and raises CheckpointSaveError naming the path and the errno; the
+checkpoint path then still holds the previous checkpoint, unless the failure came after the rename, which the
+error says.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
-import secrets
 import stat
-import threading
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable
 
-import filelock
-
-from runner.errors import CheckpointSaveError, LockTimeoutError, UntrustedCheckpointError
+from runner.checkpoint import faults, fileformat, locks, retention, settings, tempfiles
+from runner.errors import CheckpointError, CheckpointSaveError, UntrustedCheckpointError
 
 logger = logging.getLogger(__name__)
 
-TEMP_MARKER = ".runner-tmp-"
-"""Every temp file of runner is named ``.<checkpoint name>.runner-tmp-<pid>-<random hex>``."""
+TRUST_ENV_VAR = settings.TRUST_ENV_VAR
 
-TRUST_ENV_VAR = "RUNNER_TRUST_CHECKPOINTS"
-_OWNER_ONLY = 0o600
-_locks: dict[str, filelock.FileLock] = {}
-_locks_guard = threading.Lock()
+_HINTS = {
+    errno.ENOSPC: "Free space on that filesystem, or keep fewer checkpoints with keep= or RUNNER_KEEP_CHECKPOINTS. ",
+    errno.EDQUOT: "Your disk quota is used up: free space, or keep fewer checkpoints with keep=. ",
+    errno.EIO: "The storage reported an I/O error: check the disk or the network filesystem. ",
+    errno.EXDEV: "The rename crossed filesystems: nothing may be mounted over the checkpoint path itself. ",
+    errno.EROFS: "The filesystem is read-only: save to a writable folder. ",
+    errno.EACCES: "Check that you can write to the folder. ",
+}
 
 
-def lock_path(path: str) -> str:
-    return path + ".lock"
+def save_file(path: str, write: Callable[[IO[bytes]], None], *, keep: int, run_id: str | None,
+              lock_kind: str | None, lock_timeout_s: float) -> None:
+    """Run the whole save transaction for the checkpoint at ``path``, with ``write(file)`` writing its bytes."""
+    with locks.locked(path, lock_timeout_s, lock_kind):
+        _check_same_run(path, run_id)
+        try:
+            tempfiles.remove_stale_temps(path)
+        except OSError as error:
+            raise _save_error(path, "looking for stale temp files of", path, error, temp_removed=True) from error
+        faults.reached("stale-temps-removed")
+        write_atomically(path, write, before_replace=lambda: retention.keep_current(path, keep))
+        retention.prune(path, keep)
 
 
-def checkpoint_lock(path: str) -> filelock.FileLock:
-    """Return this process's one lock object for the checkpoint at ``path``.
+def write_atomically(path: str, write: Callable[[IO[bytes]], None],
+                     before_replace: Callable[[], Any] | None = None) -> None:
+    """Write a new version of ``path`` with ``write(file)``: all of it, or nothing and the old file untouched.
 
-    Two ``FileLock`` objects on one file, held in one thread, deadlock in recent filelock versions, so every
-    caller shares one object per path.
+    ``before_replace`` runs after the temp file is durable and before it is renamed over ``path``.
     """
-    key = lock_path(os.path.abspath(path))
-    with _locks_guard:
-        if key not in _locks:
-            _locks[key] = filelock.FileLock(key, mode=_OWNER_ONLY)
-        return _locks[key]
-
-
-@contextlib.contextmanager
-def locked(path: str, timeout_s: float) -> Iterator[None]:
-    lock = checkpoint_lock(path)
     try:
-        lock.acquire(timeout=timeout_s)
-    except filelock.Timeout as error:
-        raise LockTimeoutError(
-            f"timed out after {timeout_s:g} s waiting for the lock {lock.lock_file}: another process is saving or "
-            "loading this checkpoint; if none is, the lock is held by a hung process", path) from error
+        fd, temp_path = tempfiles.create_temp(path)
+    except OSError as error:
+        raise _save_error(path, "creating a temp file for", path, error, temp_removed=True) from error
+    stage = "writing"
     try:
-        yield
-    finally:
-        lock.release()
-
-
-def temp_path_for(path: str) -> str:
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+        with os.fdopen(fd, "wb") as file:
+            faults.reached("temp-created")
+            write(_CountingWriter(file))
+            faults.reached("written")
+            file.flush()
+            os.fsync(file.fileno())
+        faults.reached("fsynced")
+        if before_replace is not None:
+            stage = "giving the previous checkpoint a numbered name, before renaming"
+            before_replace()
+        stage = "renaming"
+        os.replace(temp_path, path)
+    except BaseException as error:
+        removed = tempfiles.remove_temp(temp_path)
+        if isinstance(error, OSError):
+            raise _save_error(path, stage, temp_path, error, temp_removed=removed) from error
+        raise
+    faults.reached("replaced")
+    try:
+        fsync_folder(os.path.dirname(path))
+    except OSError as error:
+        raise CheckpointSaveError(
+            f"checkpoint {path} was written and renamed into place, but fsync of its folder failed: "
+            f"{_errno_text(error)}; a host crash could still undo the rename", path) from error
+    faults.reached("folder-fsynced")
 
 
 def fsync_folder(folder: str) -> None:
-    fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def write_atomically(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a new version of ``path`` with ``write(file)``: all of it, or nothing and the old file untouched."""
-    temp_path = temp_path_for(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(temp_path, flags, _OWNER_ONLY)
-    except OSError as error:
-        raise _save_error(path, temp_path, error) from error
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_path, path)
-    except BaseException as error:
-        _remove_quietly(temp_path)
-        if isinstance(error, OSError):
-            raise _save_error(path, temp_path, error) from error
-        raise
-    fsync_folder(os.path.dirname(path))
+class _CountingWriter:
+    """Passes writes to the temp file, marking each as a step where fault-injection tests can kill the writer."""
+
+    def __init__(self, file: IO[bytes]):
+        self._file = file
+
+    def write(self, data: Any) -> int:
+        faults.reached("write")
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
-def _save_error(path: str, temp_path: str, error: OSError) -> CheckpointSaveError:
-    name = os.strerror(error.errno) if error.errno else type(error).__name__
+def _check_same_run(path: str, run_id: str | None) -> None:
+    """Raise CheckpointSaveError if ``path`` holds a checkpoint of another run, which the save would replace."""
+    try:
+        with open(path, "rb") as file:
+            header = fileformat.read_header(file, path)
+    except (OSError, CheckpointError):
+        return  # a missing or damaged file holds no run to protect
+    owner = header.get("run_id")
+    if owner != run_id:
+        raise CheckpointSaveError(
+            f"refusing to save checkpoint {path}: the file holds a checkpoint of run {owner!r}, and this job is run "
+            f"{run_id!r}. Save to another path, pass run_id={owner!r} to continue that run, or move the file away",
+            path)
+
+
+def _save_error(path: str, stage: str, target: str, error: OSError, temp_removed: bool) -> CheckpointSaveError:
+    if temp_removed:
+        outcome = "The previous checkpoint is unchanged, and no temp file is left."
+    else:
+        outcome = f"The previous checkpoint is unchanged; remove the temp file {target} by hand."
     return CheckpointSaveError(
-        f"saving checkpoint {path} failed (writing {temp_path}): [errno {error.errno}] {name}; "
-        "the previous checkpoint is unchanged", path)
+        f"saving checkpoint {path} failed while {stage} {target}: {_errno_text(error)}. "
+        f"{_HINTS.get(error.errno or 0, '')}{outcome}", path)
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as error:  # never hide the error that made us roll back
-        logger.warning("could not remove temp file %s: %s", path, error)
+def _errno_text(error: OSError) -> str:
+    code = errno.errorcode.get(error.errno or 0, "no errno")
+    return f"[Errno {error.errno} {code}] {error.strerror or error}"
+
+
+def untrusted_reason(file_stat: os.stat_result) -> str | None:
+    """Return why loading a file with ``file_stat`` could run another user's code, or None when it cannot."""
+    if file_stat.st_uid != os.getuid():
+        return f"it is owned by uid {file_stat.st_uid}, not by you (uid {os.getuid()})"
+    if file_stat.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"group or others can write it (mode {stat.filemode(file_stat.st_mode)})"
+    return None
 
 
 def check_trusted(path: str, file_stat: os.stat_result) -> None:
     """Refuse a checkpoint that another user owns or that group or others can write: loading it runs code."""
-    if os.environ.get(TRUST_ENV_VAR) == "1":
-        return
-    if file_stat.st_uid != os.getuid():
-        reason = f"it is owned by uid {file_stat.st_uid}, not by you (uid {os.getuid()})"
-    elif file_stat.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        reason = f"group or others can write it (mode {stat.filemode(file_stat.st_mode)})"
-    else:
+    reason = untrusted_reason(file_stat)
+    if reason is None or settings.trust_from_environment():
         return
     raise UntrustedCheckpointError(
         f"refusing to load checkpoint {path}: {reason}, and loading a checkpoint runs the code inside it. "

@@ -1,0 +1,152 @@
+"""A run's checkpoints, newest first, each checked without unpickling: the load path's choice and ``runner inspect``.
+
+A checkpoint is valid when its size, commit record and SHA-256 check out, its header is readable, and it belongs to
+the run being loaded. Ownership is checked apart from validity: loading raises for a checkpoint another user could
+have written, instead of falling back past it to an older one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from runner.checkpoint import fileformat, retention
+from runner.checkpoint.store import check_trusted, untrusted_reason
+from runner.errors import CorruptCheckpointError, NoValidCheckpointError, UnsupportedCheckpointError
+
+logger = logging.getLogger(__name__)
+
+ANY_RUN = object()
+"""Pass as ``run_id`` to accept checkpoints of every run."""
+
+
+@dataclass(frozen=True)
+class CheckpointStatus:
+    """One checkpoint file and the outcome of checking it."""
+
+    path: str
+    number: int | None
+    """n of a numbered checkpoint ``<path>.<n>``; None for the newest, at the checkpoint path itself."""
+    size: int | None
+    header: dict | None
+    problem: str | None
+    """Why the checkpoint is invalid; None when it is valid."""
+    untrusted: str | None = None
+    """Why loading it needs ``trust=True``; None when the current user may load it."""
+
+    @property
+    def valid(self) -> bool:
+        return self.problem is None
+
+
+@dataclass
+class OpenCheckpoint:
+    """The newest valid checkpoint, verified and still open, so what is unpickled is what was verified."""
+
+    file: BinaryIO
+    verified: fileformat.VerifiedCheckpoint
+    skipped: list[CheckpointStatus]
+
+
+def checkpoint_files(path: str) -> list[tuple[int | None, str]]:
+    """Return ``(number, path)`` of every checkpoint of ``path``, newest first, each file once.
+
+    The checkpoint path comes first, then the numbered ones. A numbered name that is a hard link to a file listed
+    before it is left out; such a link remains when a save was killed between linking and renaming.
+    """
+    candidates: list[tuple[int | None, str]] = [(None, path)] if os.path.lexists(path) else []
+    candidates += retention.numbered_checkpoints(path)
+    files, seen = [], []
+    for number, candidate in candidates:
+        try:
+            file_stat = os.stat(candidate)
+        except OSError:
+            files.append((number, candidate))
+            continue
+        if any(os.path.samestat(file_stat, other) for other in seen):
+            continue
+        seen.append(file_stat)
+        files.append((number, candidate))
+    return files
+
+
+def examine_all(path: str, run_id: object = ANY_RUN) -> list[CheckpointStatus]:
+    """Check every checkpoint of ``path``, newest first, without unpickling any."""
+    statuses = []
+    for number, candidate in checkpoint_files(path):
+        try:
+            with open(candidate, "rb") as file:
+                status, _ = _check(file, candidate, number, run_id)
+        except OSError as error:
+            status = CheckpointStatus(candidate, number, None, None, f"cannot be read: {error}")
+        except UnsupportedCheckpointError as error:
+            status = CheckpointStatus(candidate, number, None, None, _reason(error, candidate))
+        statuses.append(status)
+    return statuses
+
+
+@contextlib.contextmanager
+def open_newest_valid(path: str, run_id: str | None, trust: bool) -> Iterator[OpenCheckpoint | None]:
+    """Yield the newest valid checkpoint of ``path``, open; or None when ``path`` has no checkpoints at all.
+
+    Log a WARNING for each newer checkpoint skipped and why. Raise NoValidCheckpointError listing every checkpoint
+    with its problem when none is valid; UntrustedCheckpointError, unless ``trust``, for a checkpoint that another
+    user could have written; and UnsupportedCheckpointError for one written in a newer format.
+    """
+    skipped: list[CheckpointStatus] = []
+    for number, candidate in checkpoint_files(path):
+        try:
+            file = open(candidate, "rb")
+        except OSError as error:
+            skipped.append(_skip(CheckpointStatus(candidate, number, None, None, f"cannot be read: {error}")))
+            continue
+        with file:
+            if not trust:
+                check_trusted(candidate, os.fstat(file.fileno()))
+            status, verified = _check(file, candidate, number, run_id)
+            if verified is None or not status.valid:
+                skipped.append(_skip(status))
+                continue
+            yield OpenCheckpoint(file, verified, skipped)
+            return
+    if skipped:
+        reasons = [(status.path, status.problem or "") for status in skipped]
+        raise NoValidCheckpointError(_none_valid_message(path, skipped), path, reasons)
+    yield None
+
+
+def _check(file: BinaryIO, path: str, number: int | None, run_id: object
+           ) -> tuple[CheckpointStatus, fileformat.VerifiedCheckpoint | None]:
+    untrusted = untrusted_reason(os.fstat(file.fileno()))
+    try:
+        verified = fileformat.verify(file, path)
+    except CorruptCheckpointError as error:
+        return CheckpointStatus(path, number, os.fstat(file.fileno()).st_size, None, _reason(error, path), untrusted), None
+    header = verified.header
+    problem = None
+    if run_id is not ANY_RUN and header.get("run_id") != run_id:
+        problem = f"it belongs to run {header.get('run_id')!r}, and this job is run {run_id!r}"
+    return CheckpointStatus(path, number, verified.size, header, problem, untrusted), verified
+
+
+def _reason(error: Exception, path: str) -> str:
+    """The error's message without the leading "checkpoint <path>", which the listing shows already."""
+    message = str(error)
+    prefix = f"checkpoint {path} "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _skip(status: CheckpointStatus) -> CheckpointStatus:
+    logger.warning("skipping checkpoint %s: %s", status.path, status.problem)
+    return status
+
+
+def _none_valid_message(path: str, skipped: list[CheckpointStatus]) -> str:
+    lines = [f"no valid checkpoint of {path} to load, and none was unpickled:"]
+    lines += [f"  {status.path}: {status.problem}" for status in skipped]
+    lines.append("Run `runner inspect` on the path for details. To start from scratch, which discards them, "
+                 "pass on_invalid='start_fresh' or move them away.")
+    return "\n".join(lines)

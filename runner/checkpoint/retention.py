@@ -1,0 +1,119 @@
+"""Older checkpoints kept beside the newest one, as fallbacks when the newest cannot be loaded.
+
+The checkpoint path always holds the newest checkpoint. Before a save renames its temp file over it, the current
+one gets a numbered name beside it, ``<checkpoint>.<n>``, with n one higher than any number in use: a hard link,
+which is atomic and copies nothing. After the rename, numbered checkpoints beyond the newest ``keep - 1`` are
+removed. A kill at any point leaves at least the previous checkpoints in place: before the rename the checkpoint
+path and its newest numbered name are one file, and an interrupted clean-up only leaves extra files that the next
+save removes. A save needs room for ``keep + 1`` checkpoints while it runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+
+from runner.checkpoint import faults, tempfiles
+
+logger = logging.getLogger(__name__)
+
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
+_LINK_ATTEMPTS = 8
+
+
+def numbered_checkpoints(path: str) -> list[tuple[int, str]]:
+    """Return ``(n, path)`` of each ``<path>.<n>`` beside ``path``, highest n (newest) first."""
+    folder, name = os.path.split(path)
+    pattern = re.escape(name) + r"\.([0-9]+)"
+    try:
+        entries = os.listdir(folder or ".")
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        match = re.fullmatch(pattern, entry)
+        if match:
+            found.append((int(match.group(1)), os.path.join(folder, entry)))
+    return sorted(found, reverse=True)
+
+
+def keep_current(path: str, keep: int) -> str | None:
+    """Give the checkpoint at ``path`` its next numbered name, unless ``keep`` is 1 or it has one; return the name."""
+    if keep <= 1:
+        return None
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return None
+    numbered = numbered_checkpoints(path)
+    if numbered and _same_file(numbered[0][1], current):
+        return None  # an earlier save linked it and was killed before its rename
+    number = numbered[0][0] + 1 if numbered else 1
+    for attempt in range(_LINK_ATTEMPTS):
+        target = f"{path}.{number + attempt}"
+        try:
+            _link_or_copy(path, target)
+        except FileExistsError:
+            continue
+        faults.reached("linked")
+        return target
+    raise FileExistsError(errno.EEXIST, f"numbered names up to {target} are all taken", target)
+
+
+def prune(path: str, keep: int) -> list[str]:
+    """Remove numbered checkpoints beyond the newest ``keep - 1``; return their paths.
+
+    A file that cannot be removed is logged and left for the next save, because the new checkpoint is committed
+    by then and the save must not fail.
+    """
+    removed = []
+    for _, old_path in numbered_checkpoints(path)[keep - 1:]:
+        faults.reached("pruning")
+        try:
+            os.unlink(old_path)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            logger.warning("could not remove old checkpoint %s: %s; the next save tries again", old_path, error)
+            continue
+        logger.debug("removed old checkpoint %s", old_path)
+        removed.append(old_path)
+    faults.reached("pruned")
+    return removed
+
+
+def _same_file(path: str, other: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), other)
+    except FileNotFoundError:
+        return False
+
+
+def _link_or_copy(path: str, target: str) -> None:
+    try:
+        os.link(path, target, follow_symlinks=False)
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+        logger.warning("the filesystem of %s has no hard links (%s), so the previous checkpoint is copied to %s",
+                       path, os.strerror(error.errno), target)
+        _copy_durably(path, target)
+
+
+def _copy_durably(path: str, target: str) -> None:
+    """Copy ``path`` to ``target`` through a temp file, so ``target`` appears only complete."""
+    fd, temp_path = tempfiles.create_temp(path)
+    try:
+        with open(path, "rb") as source, os.fdopen(fd, "wb") as copy:
+            shutil.copyfileobj(source, copy)
+            copy.flush()
+            os.fsync(copy.fileno())
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "numbered checkpoint exists", target)
+        os.rename(temp_path, target)
+    except BaseException:
+        tempfiles.remove_temp(temp_path)
+        raise

@@ -1,0 +1,94 @@
+"""Temp files of the save transaction: their names, their safe creation, and removing those of dead writers.
+
+Every temp file of runner is named ``.<checkpoint name>.runner-tmp-<pid>-<random hex>`` in the checkpoint's folder.
+Clean-up removes only names of exactly that form, so nothing else in the folder is ever touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+
+logger = logging.getLogger(__name__)
+
+TEMP_MARKER = ".runner-tmp-"
+_OWNER_ONLY = 0o600
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_ATTEMPTS = 8
+
+
+def temp_path_for(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def create_temp(path: str) -> tuple[int, str]:
+    """Create a new, empty temp file for ``path``, mode 0600; return its descriptor and path.
+
+    ``O_EXCL`` with ``O_NOFOLLOW`` never opens an existing file or follows a symlink planted at the name; when a
+    name is taken, another random name is tried.
+    """
+    for _ in range(_CREATE_ATTEMPTS - 1):
+        temp_path = temp_path_for(path)
+        try:
+            return os.open(temp_path, _CREATE_FLAGS, _OWNER_ONLY), temp_path
+        except FileExistsError:
+            logger.warning("temp file name %s is taken, trying another", temp_path)
+    temp_path = temp_path_for(path)
+    return os.open(temp_path, _CREATE_FLAGS, _OWNER_ONLY), temp_path
+
+
+def writer_pid(checkpoint_name: str, entry_name: str) -> int | None:
+    """Return the pid in ``entry_name`` if it is a temp file name of the checkpoint ``checkpoint_name``, else None."""
+    pattern = re.escape(f".{checkpoint_name}{TEMP_MARKER}") + r"(\d+)-[0-9a-f]+"
+    match = re.fullmatch(pattern, entry_name)
+    return int(match.group(1)) if match else None
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Remove the temp files of ``path`` whose writer is not running on this host; return their paths.
+
+    Call it only under the checkpoint's lock: a writer creates its temp file only while holding the lock, so a
+    temp file seen under the lock is left over from a writer that was killed or crashed. Skipping live pids keeps
+    a temp file of this very process, and one whose pid was reused, until a later save.
+    """
+    folder, name = os.path.split(path)
+    removed = []
+    for entry in os.scandir(folder or "."):
+        pid = writer_pid(name, entry.name)
+        if pid is None or _is_running(pid):
+            continue
+        try:
+            os.unlink(entry.path)  # unlink removes a symlink itself, never its target
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            logger.warning("could not remove stale temp file %s of dead writer pid %d: %s", entry.path, pid, error)
+            continue
+        logger.info("removed stale temp file %s of dead writer pid %d", entry.path, pid)
+        removed.append(entry.path)
+    return removed
+
+
+def remove_temp(temp_path: str) -> bool:
+    """Remove ``temp_path`` after a failed save; return whether it is gone. Never raises, to keep the first error."""
+    try:
+        os.unlink(temp_path)
+    except FileNotFoundError:
+        return True
+    except OSError as error:
+        logger.warning("could not remove temp file %s: %s", temp_path, error)
+        return False
+    return True
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
