@@ -40,6 +40,7 @@ class Job:
 
     def requeue_and_exit(self) -> NoReturn:
         """Ask the scheduler to requeue this job and exit: 75 when it accepted, 76 when it could not be asked."""
+        self.watcher.ignore_further()
         record = self.watcher.first
         if record is not None:
             logger.warning("job %s stopping after %s, received %.1f s ago", self.env.job_id, record.signal.name,

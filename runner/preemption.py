@@ -80,6 +80,12 @@ class PreemptionWatcher:
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
 
+    def ignore_further(self) -> None:
+        """Ignore the watched signals from now on: the job is stopping, and a repeated signal during interpreter
+        shutdown would otherwise kill it with the default action."""
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)
+
     def _handle(self, signum: int, frame: Any) -> None:
         self.records.append(SignalRecord(signal.Signals(signum), time.time(), time.monotonic()))
         previous = self._previous.get(signal.Signals(signum))
