@@ -19,6 +19,7 @@ from runner.backends.schedule import (
     PreemptRandom,
     parse_delay_range,
 )
+from runner.cli_checkpoints import add_inspect_parser, add_verify_parser
 
 EXIT_COMMAND_NOT_FOUND = 127
 """Exit status when the job's command cannot be started, as shells use."""
@@ -185,7 +186,11 @@ def _delay_range(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_local_parser]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_local_parser,
+    add_inspect_parser,
+    add_verify_parser,
+]
 """Functions that each register one subcommand's parser; add new subcommands here."""
 
 

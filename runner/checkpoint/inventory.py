@@ -36,6 +36,8 @@ class CheckpointStatus:
     """Why the checkpoint is invalid; None when it is valid."""
     untrusted: str | None = None
     """Why loading it needs ``trust=True``; None when the current user may load it."""
+    modified_at: float | None = None
+    """The file's modification time, in seconds since the epoch."""
 
     @property
     def valid(self) -> bool:
@@ -120,16 +122,18 @@ def open_newest_valid(path: str, run_id: str | None, trust: bool) -> Iterator[Op
 
 def _check(file: BinaryIO, path: str, number: int | None, run_id: object
            ) -> tuple[CheckpointStatus, fileformat.VerifiedCheckpoint | None]:
-    untrusted = untrusted_reason(os.fstat(file.fileno()))
+    file_stat = os.fstat(file.fileno())
+    untrusted = untrusted_reason(file_stat)
     try:
         verified = fileformat.verify(file, path)
     except CorruptCheckpointError as error:
-        return CheckpointStatus(path, number, os.fstat(file.fileno()).st_size, None, _reason(error, path), untrusted), None
+        problem = _reason(error, path)
+        return CheckpointStatus(path, number, file_stat.st_size, None, problem, untrusted, file_stat.st_mtime), None
     header = verified.header
     problem = None
     if run_id is not ANY_RUN and header.get("run_id") != run_id:
-        problem = f"it belongs to run {header.get('run_id')!r}, and this job is run {run_id!r}"
-    return CheckpointStatus(path, number, verified.size, header, problem, untrusted), verified
+        problem = f"it belongs to run {header.get('run_id')!r}, not to this job's run {run_id!r}"
+    return CheckpointStatus(path, number, verified.size, header, problem, untrusted, file_stat.st_mtime), verified
 
 
 def _reason(error: Exception, path: str) -> str:

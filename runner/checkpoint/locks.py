@@ -39,6 +39,16 @@ _locks: dict[tuple[str, str], filelock.BaseFileLock] = {}
 _locks_guard = threading.Lock()
 
 
+def _forget_locks_in_child() -> None:
+    """Start a forked child with no lock objects, since filelock 4.3 raises RuntimeError on an inherited one."""
+    global _locks_guard
+    _locks.clear()
+    _locks_guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
 def lock_path(path: str) -> str:
     return path + ".lock"
 
