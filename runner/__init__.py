@@ -14,9 +14,11 @@ from runner.preemption import PreemptionWatcher
 __version__ = "0.1.0"
 
 _LAZY = {
+    "constructor_based_serialization": "runner.checkpoint",
     "maybe_load_checkpoint": "runner.checkpoint",
     "register_generator": "runner.checkpoint",
     "save_checkpoint": "runner.checkpoint",
+    "unregister_generator": "runner.checkpoint",
 }
 
 __all__ = ["__version__", "Job", "JobEnvironment", "PreemptionWatcher", *_LAZY]

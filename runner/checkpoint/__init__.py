@@ -1,6 +1,13 @@
 """Checkpoints: atomic, locked, verified files holding a whole strategy and the random state."""
 
 from runner.checkpoint.api import maybe_load_checkpoint, save_checkpoint
-from runner.checkpoint.rng import register_generator
+from runner.checkpoint.rng import register_generator, unregister_generator
+from runner.checkpoint.unique import constructor_based_serialization
 
-__all__ = ["maybe_load_checkpoint", "save_checkpoint", "register_generator"]
+__all__ = [
+    "constructor_based_serialization",
+    "maybe_load_checkpoint",
+    "register_generator",
+    "save_checkpoint",
+    "unregister_generator",
+]

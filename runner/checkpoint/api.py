@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import socket
 import time
 from typing import IO, Any, Iterable
@@ -13,9 +12,11 @@ import dill
 import torch
 
 from runner import __version__
-from runner.checkpoint import fileformat, inventory, locks, rng, settings, store
-from runner.checkpoint.pickling import LoadContext, SaveContext, loading, pickle_module, saving
-from runner.errors import CheckpointError, CheckpointSaveError, CorruptCheckpointError, NoValidCheckpointError
+from runner.checkpoint import fileformat, inventory, locks, serialization, settings, store, streams
+from runner.checkpoint.exclusion import plan_exclusion
+from runner.checkpoint.pickling import check_map_location
+from runner.checkpoint.unique import Registry, register_unique_objects
+from runner.errors import CheckpointError, CorruptCheckpointError, NoValidCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +25,8 @@ DEFAULT_LOCK_TIMEOUT_S = 300.0
 
 def save_checkpoint(
     strategy: Any,
-    fname: str | os.PathLike,
-    exclude: Iterable[str] | None = None,
+    fname: str | os.PathLike | IO[bytes],
+    exclude: Iterable[str] | str | None = None,
     *,
     exp_counter: int | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
@@ -35,7 +36,11 @@ def save_checkpoint(
 ) -> None:
     """Save ``strategy`` and the random state to ``fname`` atomically, under a lock beside it.
 
-    ``exclude`` names attributes of the strategy to leave out. ``exp_counter`` is the index of the next experience
+    ``fname`` may also be a binary file object, such as ``io.BytesIO``: the checkpoint is written at its position
+    in the same format, but without lock, atomic rename or fallback checkpoints. ``exclude`` names attributes to
+    leave out, as object paths relative to the strategy (``"optimizer"``, ``"plugins[2].iterator"``); a name that
+    is not an attribute raises ValueError. State that cannot be pickled raises CheckpointSaveError naming where it
+    sits. ``exp_counter`` is the index of the next experience
     to train; by default it is read from ``strategy.clock.train_exp_counter`` (Avalanche) or ``strategy.exp_counter``.
     ``keep`` is how many committed checkpoints to keep, the newest included: older ones stay beside ``fname`` as
     ``fname.<n>``, fallbacks for a damaged newest one (default ``RUNNER_KEEP_CHECKPOINTS``, else 2). ``run_id``
@@ -43,35 +48,26 @@ def save_checkpoint(
     checkpoint. ``lock`` is ``"flock"`` (default ``RUNNER_LOCK``, else flock) or ``"soft"`` for filesystems without
     working flock, such as NFS mounted with ``nolock``.
     """
-    path = os.fspath(fname)
     keep = settings.resolve_keep(keep)
     run_id = settings.resolve_run_id(run_id)
     counter = _exp_counter_of(strategy) if exp_counter is None else int(exp_counter)
-    payload = {"strategy": strategy, "rng": rng.capture(), "exp_counter": counter}
-    context = SaveContext(root=strategy, exclude=frozenset(exclude or ()))
-    header = {**_header(counter, sorted(context.exclude)), "run_id": run_id}
+    exclusion = plan_exclusion(strategy, exclude)
+    header = {**_header(counter, list(exclusion.paths)), "run_id": run_id}
+    name = streams.stream_name(fname) if streams.is_stream(fname) else os.fspath(fname)
 
     def write(file: IO[bytes]) -> None:
-        writer = fileformat.HashingWriter(file)
-        fileformat.write_header(writer, header)
-        payload_offset = writer.bytes_written
-        with saving(context):
-            torch.save(payload, writer, pickle_module=pickle_module)
-        fileformat.write_commit(writer, payload_offset)
+        serialization.write_checkpoint(file, strategy, counter, header, exclusion, name)
 
-    try:
-        store.save_file(path, write, keep=keep, run_id=run_id, lock_kind=lock, lock_timeout_s=lock_timeout_s)
-    except (pickle.PicklingError, TypeError, AttributeError) as error:
-        raise CheckpointSaveError(
-            f"saving checkpoint {path} failed: the strategy could not be pickled ({error}); exclude the "
-            "attribute with exclude=[...] or give its class __getstate__; the previous checkpoint is unchanged",
-            path) from error
-    logger.info("saved checkpoint %s (next experience %d)", path, counter)
+    if streams.is_stream(fname):
+        streams.write_to_stream(fname, write)
+    else:
+        store.save_file(name, write, keep=keep, run_id=run_id, lock_kind=lock, lock_timeout_s=lock_timeout_s)
+    logger.info("saved checkpoint %s (next experience %d)", name, counter)
 
 
 def maybe_load_checkpoint(
     strategy: Any,
-    fname: str | os.PathLike,
+    fname: str | os.PathLike | IO[bytes],
     map_location: Any = None,
     unique_objects: Any = None,
     *,
@@ -86,6 +82,15 @@ def maybe_load_checkpoint(
     Without a checkpoint, return ``strategy`` unchanged and 0, so that one script serves the first run and every
     resume. Attributes left out with ``exclude`` on save keep the values of the ``strategy`` passed in.
 
+    ``map_location`` is what ``torch.load`` takes (None, a str, a ``torch.device``, a dict or a callable), and it
+    also remaps every ``torch.device`` object in the strategy. ``unique_objects`` is one object or any structure
+    holding some, such as a benchmark whose attributes hold data sets: an object in the checkpoint saved with
+    ``constructor_based_serialization(..., deduplicate=True)`` whose class and arguments match one of them is that
+    very object after loading, not a copy. The random state is restored last.
+
+    ``fname`` may also be a binary file object: the checkpoint is read from its position to its end, with the
+    same checks but no lock and no fallback; an empty rest of the stream means no checkpoint.
+
     Every checkpoint is checked (size, commit record, SHA-256, run id) before anything is unpickled. A newer
     checkpoint that fails the check is skipped with a WARNING, and an older kept one (``fname.<n>``) is loaded.
     When checkpoints exist but none is valid, NoValidCheckpointError lists them with the reasons, unless
@@ -93,9 +98,13 @@ def maybe_load_checkpoint(
     ``RUNNER_RUN_ID``, else none) must match the one the checkpoint was saved with. ``trust=True`` (or
     ``RUNNER_TRUST_CHECKPOINTS=1``) loads a checkpoint that another user owns or could have written.
     """
-    path = os.fspath(fname)
     if on_invalid not in ("raise", "start_fresh"):
         raise ValueError(f"invalid on_invalid={on_invalid!r}: use 'raise' (the default) or 'start_fresh'")
+    map_location = check_map_location(map_location)
+    registry = None if unique_objects is None else register_unique_objects(unique_objects)
+    if streams.is_stream(fname):
+        return _load_stream(strategy, fname, map_location, registry, trust)
+    path = os.fspath(fname)
     run_id = settings.resolve_run_id(run_id)
     if not inventory.checkpoint_files(path):
         logger.info("no checkpoint at %s, starting from experience 0", path)
@@ -105,34 +114,45 @@ def maybe_load_checkpoint(
             if found is None:  # removed between the first look and taking the lock
                 logger.info("no checkpoint at %s, starting from experience 0", path)
                 return strategy, 0
-            payload, header = _read(found, map_location)
+            payload, header = _read(found, map_location, registry)
     except NoValidCheckpointError as error:
         if on_invalid == "raise":
             raise
         logger.warning("%s\nstarting from experience 0, as on_invalid='start_fresh' asks", error)
         return strategy, 0
-    loaded = payload["strategy"]
-    for name in header.get("excluded", ()):
-        if hasattr(strategy, name):
-            setattr(loaded, name, getattr(strategy, name))
-    rng.restore(payload["rng"])
-    logger.info("loaded checkpoint %s, resuming at experience %d", found.verified.path, payload["exp_counter"])
-    return loaded, payload["exp_counter"]
+    loaded, counter = serialization.finish_load(payload, header, strategy)
+    logger.info("loaded checkpoint %s, resuming at experience %d", found.verified.path, counter)
+    return loaded, counter
 
 
-def _read(found: inventory.OpenCheckpoint, map_location: Any) -> tuple[dict, dict]:
-    verified = found.verified
-    window = fileformat.FileWindow(found.file, verified.payload_offset, verified.payload_length)
+def _load_stream(strategy: Any, stream: IO[bytes], map_location: Any, registry: Registry | None,
+                 trust: bool) -> tuple[Any, int]:
+    opened = streams.open_stream(stream, trust)
+    if opened is None:
+        logger.info("%s is empty: no checkpoint, starting from experience 0", streams.stream_name(stream))
+        return strategy, 0
+    file, verified = opened
+    payload = _unpickle(file, verified, map_location, registry)
+    loaded, counter = serialization.finish_load(payload, verified.header, strategy)
+    logger.info("loaded checkpoint %s, resuming at experience %d", verified.path, counter)
+    return loaded, counter
+
+
+def _read(found: inventory.OpenCheckpoint, map_location: Any, registry: Registry | None) -> tuple[dict, dict]:
+    return _unpickle(found.file, found.verified, map_location, registry), found.verified.header
+
+
+def _unpickle(file: IO[bytes], verified: fileformat.VerifiedCheckpoint, map_location: Any,
+              registry: Registry | None) -> dict:
+    window = fileformat.FileWindow(file, verified.payload_offset, verified.payload_length)
     try:
-        with loading(LoadContext(map_location=map_location)):
-            payload = torch.load(window, map_location=map_location, pickle_module=pickle_module, weights_only=False)
+        return serialization.read_payload(window, map_location, registry)
     except CheckpointError:
         raise
     except Exception as error:
         raise CorruptCheckpointError(
             f"checkpoint {verified.path} passed its checksum but could not be unpickled: "
             f"{type(error).__name__}: {error}", verified.path) from error
-    return payload, verified.header
 
 
 def _exp_counter_of(strategy: Any) -> int:

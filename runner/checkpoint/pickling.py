@@ -1,7 +1,13 @@
 """The dill pickler that checkpoints use, handed to ``torch.save`` and ``torch.load`` as their pickle module.
 
-Two changes from plain dill: classes and functions that can be imported are stored by reference, and on load
-``torch.device`` objects are remapped by the same ``map_location`` rule as tensors.
+Changes from plain dill:
+
+- classes and functions that can be imported are stored by reference, and classes of the training script's
+  ``__main__`` load as that process's class when it defines one, so ``isinstance`` keeps working after a resume;
+- ``torch.device`` objects are stored so that loading remaps them by the ``map_location`` rule of the tensors;
+- excluded attributes are left out;
+- open files and locks are rejected: dill would reopen a file on load (perhaps truncating it) and restore a held
+  lock that no thread will release.
 """
 
 from __future__ import annotations
@@ -9,6 +15,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import io
+import pickle
+import sys
+import threading
 import types
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -16,15 +26,18 @@ from typing import Any, Iterator
 import dill
 import torch
 
+from runner.checkpoint.exclusion import Exclusion, reduce_without
+
 _IMPORTABLE_KINDS = (type, types.FunctionType, types.BuiltinFunctionType)
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+_IN_MEMORY_STREAMS = (io.BytesIO, io.StringIO)
 
 
 @dataclass
 class SaveContext:
     """What the pickler needs to know about one save beyond the object itself."""
 
-    root: Any = None
-    exclude: frozenset[str] = field(default_factory=frozenset)
+    exclusion: Exclusion = field(default_factory=Exclusion)
 
 
 @dataclass
@@ -32,6 +45,8 @@ class LoadContext:
     """What the unpickler needs to know about one load."""
 
     map_location: Any = None
+    unique_objects: Any = None
+    """The ``unique.Registry`` of objects to reuse, or None."""
 
 
 _save_context: contextvars.ContextVar[SaveContext] = contextvars.ContextVar("runner_save_context")
@@ -56,6 +71,10 @@ def loading(context: LoadContext) -> Iterator[None]:
         _load_context.reset(token)
 
 
+def current_load_context() -> LoadContext:
+    return _load_context.get(LoadContext())
+
+
 def importable_name(obj: Any) -> str | None:
     """Return the qualified name under which ``obj`` can be imported, or None when it cannot.
 
@@ -76,46 +95,110 @@ def importable_name(obj: Any) -> str | None:
     return qualname if target is obj else None
 
 
+def _is_main_class(obj: Any) -> bool:
+    return isinstance(obj, type) and obj.__module__ == "__main__" and "<" not in obj.__qualname__
+
+
+class _ByValue:
+    """Marks a ``__main__`` class that the pickler is to store by value, as the fallback of ``main_class``."""
+
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: type):
+        self.cls = cls
+
+
 class Pickler(dill.Pickler):
-    """dill's pickler, storing importable classes and functions by reference and leaving out excluded attributes."""
+    """dill's pickler with runner's changes; see the module's docstring."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._context = _save_context.get(SaveContext())
+        self._classes_by_value: set[int] = set()
+        self._retired_memo_keys: list[object] = []
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if type(obj) is _ByValue:
+            self._save_class_by_value(obj.cls)
+            return
+        super().save(obj, save_persistent_id)
 
     def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, torch.device):
+            return restore_device, (obj.type, obj.index)
         if isinstance(obj, _IMPORTABLE_KINDS):
+            if _is_main_class(obj) and id(obj) not in self._classes_by_value:
+                return main_class, (obj.__qualname__, _ByValue(obj))
             return importable_name(obj) or NotImplemented
-        if obj is self._context.root and self._context.exclude:
-            return _reduce_without(obj, self._context.exclude, self.proto)
+        excluded = self._context.exclusion.names_for(obj)
+        if excluded:
+            return reduce_without(obj, excluded, self.proto)
+        _reject_process_resources(obj)
         return NotImplemented
 
-
-def _reduce_without(obj: Any, exclude: frozenset[str], protocol: int) -> tuple:
-    """Reduce ``obj`` as pickle would, minus the attributes named in ``exclude``."""
-    reduced = list(obj.__reduce_ex__(protocol))
-    state = reduced[2] if len(reduced) > 2 else None
-    if isinstance(state, tuple) and len(state) == 2:
-        instance_dict, slots = state
-        reduced[2] = (_without(instance_dict, exclude), _without(slots, exclude))
-    elif isinstance(state, dict):
-        reduced[2] = _without(state, exclude)
-    else:
-        raise TypeError(
-            f"cannot exclude attributes {sorted(exclude)} from a {type(obj).__qualname__}: its pickled state is "
-            f"{type(state).__name__}, not a dict; make __getstate__ return a dict or drop exclude"
-        )
-    return tuple(reduced)
+    def _save_class_by_value(self, cls: type) -> None:
+        self._classes_by_value.add(id(cls))
+        try:
+            super().save(cls)
+        finally:
+            self._classes_by_value.discard(id(cls))
+        # The enclosing reduce must memoize the class that main_class returns, not this fallback copy. A new key
+        # keeps the memo's size, which numbers the next entry, unchanged.
+        retired = object()
+        self._retired_memo_keys.append(retired)
+        self.memo[id(retired)] = self.memo.pop(id(cls))
 
 
-def _without(state: dict | None, exclude: frozenset[str]) -> dict | None:
-    if state is None:
-        return None
-    return {name: value for name, value in state.items() if name not in exclude}
+def _reject_process_resources(obj: Any) -> None:
+    if type(obj) in dill.Pickler.dispatch:  # the user registered a reducer for this type
+        return
+    if isinstance(obj, io.IOBase) and not isinstance(obj, _IN_MEMORY_STREAMS) and not _is_standard_stream(obj):
+        raise pickle.PicklingError(
+            f"cannot pickle the open file {getattr(obj, 'name', obj)!r}: a checkpoint would reopen it on load")
+    if isinstance(obj, _LOCK_TYPES):
+        raise pickle.PicklingError(
+            f"cannot pickle a {type(obj).__module__}.{type(obj).__qualname__}: it guards this process's threads, "
+            "and a lock held at save time would stay held forever after loading")
+
+
+def _is_standard_stream(obj: Any) -> bool:
+    return any(obj is stream for stream in (sys.stdin, sys.stdout, sys.stderr,
+                                            sys.__stdin__, sys.__stdout__, sys.__stderr__))
+
+
+def main_class(qualname: str, fallback: type) -> type:
+    """Return the class ``qualname`` of this process's ``__main__``, or the copy stored by value if it has none."""
+    target: Any = sys.modules.get("__main__")
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return target if isinstance(target, type) else fallback
+
+
+def check_map_location(map_location: Any) -> Any:
+    """Return ``map_location`` in the form ``torch.load`` takes; raise TypeError naming it when it is invalid.
+
+    A dict may map to ``torch.device`` values as well as strings; they become strings here.
+    """
+    if map_location is None or isinstance(map_location, (str, torch.device)):
+        return map_location
+    if isinstance(map_location, dict):
+        bad_keys = [key for key in map_location if not isinstance(key, str)]
+        bad_values = [value for value in map_location.values() if not isinstance(value, (str, torch.device))]
+        if bad_keys or bad_values:
+            raise TypeError(
+                f"map_location as a dict maps location strings such as 'cuda:1' to a str or torch.device, but "
+                f"{map_location!r} has {(bad_keys + bad_values)[0]!r}")
+        return {key: str(value) for key, value in map_location.items()}
+    if callable(map_location):
+        return map_location
+    raise TypeError(
+        f"map_location must be None, a str, a torch.device, a dict or a callable(storage, location), "
+        f"not {map_location!r}")
 
 
 def remap_device(device: torch.device, map_location: Any) -> torch.device:
     """Map ``device`` the way ``torch.load`` maps a storage saved on it."""
+    map_location = check_map_location(map_location)
     if map_location is None:
         return device
     if isinstance(map_location, (str, torch.device)):
@@ -123,37 +206,39 @@ def remap_device(device: torch.device, map_location: Any) -> torch.device:
     if isinstance(map_location, dict):
         mapped = map_location.get(str(device))
         return device if mapped is None else torch.device(mapped)
-    if callable(map_location):
-        result = map_location(torch.UntypedStorage(0), str(device))
-        return device if result is None else result.device
-    raise TypeError(f"map_location must be None, a str, a torch.device, a dict or a callable, not {map_location!r}")
+    # torch.load hands the callable each storage on the CPU with its saved location; an empty one costs nothing.
+    result = map_location(torch.UntypedStorage(0), str(device))
+    return device if result is None else result.device
 
 
-def _make_device(*args: Any) -> torch.device:
-    return remap_device(torch.device(*args), _load_context.get(LoadContext()).map_location)
+def restore_device(device_type: str, index: int | None) -> torch.device:
+    """Rebuild a pickled ``torch.device``, remapped by the ``map_location`` of the load in progress."""
+    device = torch.device(device_type) if index is None else torch.device(device_type, index)
+    return remap_device(device, current_load_context().map_location)
 
 
-class Unpickler(dill.Unpickler):
-    """dill's unpickler, remapping ``torch.device`` objects by the load's ``map_location``."""
+class DiscardingSink(io.RawIOBase):
+    """A binary stream that drops what is written: for pickling an object only to see what the pickler does."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch" and name == "device":
-            return _make_device
-        return super().find_class(module, name)
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return memoryview(data).nbytes
 
 
 class PickleModule(types.ModuleType):
     """A module-like object with runner's pickler, in the shape ``torch.save(pickle_module=...)`` expects."""
 
     Pickler = Pickler
-    Unpickler = Unpickler
+    Unpickler = dill.Unpickler
     PicklingError = dill.PicklingError
     UnpicklingError = dill.UnpicklingError
     HIGHEST_PROTOCOL = dill.HIGHEST_PROTOCOL
 
     @staticmethod
     def load(file: Any, **kwargs: Any) -> Any:
-        return Unpickler(file, **kwargs).load()
+        return dill.Unpickler(file, **kwargs).load()
 
     @staticmethod
     def dump(obj: Any, file: Any, protocol: int | None = None, **kwargs: Any) -> None:

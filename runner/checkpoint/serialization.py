@@ -1,0 +1,92 @@
+"""The bytes of one checkpoint: header, pickled payload and commit record, and the way back to a strategy.
+
+The payload is ``{"strategy", "rng", "exp_counter"}`` written by ``torch.save`` with runner's dill pickler. Loading
+unpickles the strategy first, then puts back the excluded attributes and the random state, so that nothing done
+while unpickling (a constructor drawing random numbers, say) changes the restored state.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+import torch
+
+from runner.checkpoint import fileformat, locate, rng
+from runner.checkpoint.exclusion import Exclusion, plan_exclusion, restore_excluded
+from runner.checkpoint.pickling import LoadContext, SaveContext, loading, pickle_module, saving
+from runner.checkpoint.unique import Registry, report_rebuilt
+from runner.errors import CheckpointSaveError
+
+
+def write_checkpoint(file: IO[bytes], strategy: Any, exp_counter: int, header: dict, exclusion: Exclusion,
+                     name: str) -> None:
+    """Write the whole checkpoint of ``strategy`` to ``file``; ``name`` is the path or stream named in errors.
+
+    Raise CheckpointSaveError naming the object that cannot be pickled, such as ``strategy.plugins[2].iterator``.
+    """
+    payload = {"strategy": strategy, "rng": rng.capture(), "exp_counter": exp_counter}
+    writer = fileformat.HashingWriter(file)
+    fileformat.write_header(writer, header)
+    payload_offset = writer.bytes_written
+    with saving(SaveContext(exclusion)):
+        try:
+            torch.save(payload, writer, pickle_module=pickle_module)
+        except Exception as error:  # whatever a __reduce__ raises; explained by unpicklable_error
+            raise unpicklable_error(payload, exclusion, error, name) from error
+    fileformat.write_commit(writer, payload_offset)
+
+
+def unpicklable_error(payload: dict, exclusion: Exclusion, error: Exception, name: str) -> CheckpointSaveError:
+    """Build the error for a failed pickling: where the unpicklable object sits, and what to do about it."""
+    finding = locate.find_unpicklable(payload["strategy"], exclusion)
+    root = "strategy"
+    if finding is None:
+        finding = locate.find_unpicklable(payload["rng"], exclusion)
+        root = "the random state"
+    if finding is None:
+        return CheckpointSaveError(
+            f"saving checkpoint {name} failed while pickling: {type(error).__name__}: {error}. "
+            "The previous checkpoint is unchanged", name)
+    where = finding.path(root)
+    advice = _advice(finding, root, payload["strategy"])
+    return CheckpointSaveError(
+        f"saving checkpoint {name} failed: {where} (a {type(finding.obj).__qualname__}) cannot be pickled: "
+        f"{type(finding.error).__name__}: {finding.error}. {advice} The previous checkpoint is unchanged", name)
+
+
+def _advice(finding: locate.Finding, root: str, strategy: Any) -> str:
+    if root != "strategy":
+        return "Make the get_state function of that registered random generator return a picklable state."
+    if not finding.steps:
+        return "Give its class a __getstate__ that returns only picklable state."
+    holder = locate.Finding(finding.steps[:-1], None, finding.error).path(root)
+    rebuild = f"give the class of {holder} a __getstate__ that drops it and a __setstate__ that rebuilds it"
+    exclude_path = finding.exclude_path()
+    if exclude_path is not None and _can_exclude(strategy, exclude_path):
+        return f"Leave it out with save_checkpoint(..., exclude=[{exclude_path!r}]), or {rebuild}."
+    return f"To fix it, {rebuild}, or exclude the attribute that holds it."
+
+
+def _can_exclude(strategy: Any, path: str) -> bool:
+    try:
+        plan_exclusion(strategy, [path])
+    except ValueError:  # exclude cannot take it, as for a submodule of a torch Module
+        return False
+    return True
+
+
+def read_payload(file: IO[bytes], map_location: Any, registry: Registry | None) -> dict:
+    """Unpickle the payload in ``file``, which the caller verified; ``map_location`` was checked by the caller."""
+    with loading(LoadContext(map_location=map_location, unique_objects=registry)):
+        payload = torch.load(file, map_location=map_location, pickle_module=pickle_module, weights_only=False)
+    if registry is not None:
+        report_rebuilt(registry)
+    return payload
+
+
+def finish_load(payload: dict, header: dict, live_strategy: Any) -> tuple[Any, int]:
+    """Put the excluded attributes and the random state back; return the strategy and the next experience."""
+    loaded = payload["strategy"]
+    restore_excluded(loaded, live_strategy, header.get("excluded", ()))
+    rng.restore(payload["rng"])
+    return loaded, payload["exp_counter"]
