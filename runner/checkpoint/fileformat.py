@@ -87,7 +87,7 @@ def verify(file: BinaryIO, path: str) -> VerifiedCheckpoint:
     file.seek(0, os.SEEK_END)
     size = file.tell()
     if size == 0:
-        raise CorruptCheckpointError(f"checkpoint {path} is empty (0 bytes): its write never got under way", path)
+        raise CorruptCheckpointError(f"checkpoint {path} is empty (0 bytes)", path)
     if size < _MIN_SIZE:
         raise CorruptCheckpointError(
             f"checkpoint {path} is truncated: {size} bytes, fewer than the {_MIN_SIZE} of the smallest checkpoint", path)

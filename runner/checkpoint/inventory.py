@@ -99,7 +99,10 @@ def open_newest_valid(path: str, run_id: str | None, trust: bool) -> Iterator[Op
     user could have written; and UnsupportedCheckpointError for one written in a newer format.
     """
     skipped: list[CheckpointStatus] = []
-    for number, candidate in checkpoint_files(path):
+    files = checkpoint_files(path)
+    if files and files[0][0] is not None:
+        logger.warning("checkpoint %s is missing; trying the older ones kept beside it", path)
+    for number, candidate in files:
         try:
             file = open(candidate, "rb")
         except OSError as error:

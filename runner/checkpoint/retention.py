@@ -2,8 +2,8 @@
 
 The checkpoint path always holds the newest checkpoint. Before a save renames its temp file over it, the current
 one gets a numbered name beside it, ``<checkpoint>.<n>``, with n one higher than any number in use: a hard link,
-which is atomic and copies nothing. After the rename, numbered checkpoints beyond the newest ``keep - 1`` are
-removed. A kill at any point leaves at least the previous checkpoints in place: before the rename the checkpoint
+which is atomic and copies nothing. After the rename, numbered checkpoints of the same run beyond the newest
+``keep - 1`` are removed. A kill at any point leaves at least the previous checkpoints in place: before the rename the checkpoint
 path and its newest numbered name are one file, and an interrupted clean-up only leaves extra files that the next
 save removes. A save needs room for ``keep + 1`` checkpoints while it runs.
 """
@@ -16,7 +16,8 @@ import os
 import re
 import shutil
 
-from runner.checkpoint import faults, tempfiles
+from runner.checkpoint import faults, fileformat, tempfiles
+from runner.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +64,17 @@ def keep_current(path: str, keep: int) -> str | None:
     raise FileExistsError(errno.EEXIST, f"numbered names up to {target} are all taken", target)
 
 
-def prune(path: str, keep: int) -> list[str]:
-    """Remove numbered checkpoints beyond the newest ``keep - 1``; return their paths.
+def prune(path: str, keep: int, run_id: str | None) -> list[str]:
+    """Remove numbered checkpoints of run ``run_id`` beyond the newest ``keep - 1``; return their paths.
 
-    A file that cannot be removed is logged and left for the next save, because the new checkpoint is committed
-    by then and the save must not fail.
+    A numbered file that is not a runner checkpoint, or that belongs to another run, is neither counted nor
+    removed: ``<path>.<n>`` could be a file of the user's or another run's checkpoint path. A file that cannot be
+    removed is logged and left for the next save, because the new checkpoint is committed by then and the save
+    must not fail.
     """
     removed = []
-    for _, old_path in numbered_checkpoints(path)[keep - 1:]:
+    own = [old_path for _, old_path in numbered_checkpoints(path) if _belongs_to_run(old_path, run_id)]
+    for old_path in own[keep - 1:]:
         faults.reached("pruning")
         try:
             os.unlink(old_path)
@@ -83,6 +87,20 @@ def prune(path: str, keep: int) -> list[str]:
         removed.append(old_path)
     faults.reached("pruned")
     return removed
+
+
+def _belongs_to_run(path: str, run_id: str | None) -> bool:
+    """Whether ``path`` is a runner checkpoint of ``run_id``, or a runner file too damaged to tell its run."""
+    try:
+        with open(path, "rb") as file:
+            if file.read(len(fileformat.MAGIC)) != fileformat.MAGIC:
+                return False
+            header = fileformat.read_header(file, path)
+    except CheckpointError:
+        return True
+    except OSError:
+        return False
+    return header.get("run_id") == run_id
 
 
 def _same_file(path: str, other: os.stat_result) -> bool:

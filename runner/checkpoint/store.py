@@ -50,7 +50,7 @@ def save_file(path: str, write: Callable[[IO[bytes]], None], *, keep: int, run_i
             raise _save_error(path, "looking for stale temp files of", path, error, temp_removed=True) from error
         faults.reached("stale-temps-removed")
         write_atomically(path, write, before_replace=lambda: retention.keep_current(path, keep))
-        retention.prune(path, keep)
+        retention.prune(path, keep, run_id)
 
 
 def write_atomically(path: str, write: Callable[[IO[bytes]], None],

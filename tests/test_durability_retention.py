@@ -1,0 +1,199 @@
+"""Kept checkpoints beside the newest one, and runs that never load or replace each other's checkpoints."""
+
+import logging
+import os
+
+import pytest
+import torch
+
+import runner
+from runner.checkpoint import inventory, retention
+from runner.errors import CheckpointSaveError, NoValidCheckpointError
+
+
+class Model:
+    def __init__(self, exp_counter: int):
+        self.exp_counter = exp_counter
+        self.weights = torch.full((8,), float(exp_counter))
+
+
+def kept_counters(path, run_id=inventory.ANY_RUN) -> list:
+    return [status.header["exp_counter"] for status in inventory.examine_all(str(path), run_id) if status.valid]
+
+
+def save_all(path, counters, **kwargs) -> None:
+    for counter in counters:
+        runner.save_checkpoint(Model(counter), path, **kwargs)
+
+
+def test_default_keeps_two(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+
+    save_all(path, range(1, 6))
+
+    assert kept_counters(path) == [5, 4]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "checkpoint.pt.4", "checkpoint.pt.lock"]
+
+
+def test_keep_three(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+
+    save_all(path, range(1, 6), keep=3)
+
+    assert kept_counters(path) == [5, 4, 3]
+    assert [number for number, _ in retention.numbered_checkpoints(str(path))] == [4, 3]
+
+
+def test_keep_one_keeps_no_numbered(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+
+    save_all(path, range(1, 4), keep=1)
+
+    assert kept_counters(path) == [3]
+    assert retention.numbered_checkpoints(str(path)) == []
+
+
+def test_keep_from_environment(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    monkeypatch.setenv("RUNNER_KEEP_CHECKPOINTS", "4")
+
+    save_all(path, range(1, 7))
+
+    assert kept_counters(path) == [6, 5, 4, 3]
+
+
+@pytest.mark.parametrize("text", ["0", "two", "-1"])
+def test_invalid_keep_from_environment(tmp_path, monkeypatch, text):
+    monkeypatch.setenv("RUNNER_KEEP_CHECKPOINTS", text)
+
+    with pytest.raises(ValueError, match="RUNNER_KEEP_CHECKPOINTS"):
+        runner.save_checkpoint(Model(1), tmp_path / "checkpoint.pt")
+
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("keep", [0, -2, 1.5, True])
+def test_invalid_keep_argument(tmp_path, keep):
+    with pytest.raises(ValueError, match=f"keep={keep!r}"):
+        runner.save_checkpoint(Model(1), tmp_path / "checkpoint.pt", keep=keep)
+
+
+def test_lower_keep_prunes_older(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, range(1, 5), keep=4)
+
+    runner.save_checkpoint(Model(5), path, keep=2)
+
+    assert kept_counters(path) == [5, 4]
+
+
+def test_kept_checkpoint_is_hard_link_of_previous(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    runner.save_checkpoint(Model(1), path)
+    first = os.stat(path)
+
+    runner.save_checkpoint(Model(2), path)
+
+    assert os.path.samestat(os.stat(tmp_path / "checkpoint.pt.1"), first)
+
+
+def test_link_left_by_killed_save_counted_once(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, [1, 2])
+    os.link(path, tmp_path / "checkpoint.pt.2")  # as a save killed between linking and renaming leaves it
+
+    assert [name for _, name in inventory.checkpoint_files(str(path))] == [str(path), str(path) + ".1"]
+    runner.save_checkpoint(Model(3), path)
+    assert kept_counters(path) == [3, 2]
+
+
+def test_missing_newest_loads_kept_one(tmp_path, caplog):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, [1, 2])
+    os.unlink(path)
+
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        _, counter = runner.maybe_load_checkpoint(None, path)
+
+    assert counter == 1
+    assert any("is missing" in record.getMessage() for record in caplog.records)
+
+
+def test_prune_leaves_foreign_numbered_files(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    foreign = tmp_path / "checkpoint.pt.1"
+    foreign.write_text("the user's own file, not a checkpoint\n")
+
+    save_all(path, range(1, 5))
+
+    assert foreign.read_text() == "the user's own file, not a checkpoint\n"
+    assert kept_counters(path) == [4, 3]
+
+
+def test_prune_leaves_other_runs(tmp_path):
+    other_path = tmp_path / "checkpoint.pt.1"
+    runner.save_checkpoint(Model(7), other_path, run_id="other")
+    path = tmp_path / "checkpoint.pt"
+
+    save_all(path, range(1, 5), run_id="mine")
+
+    assert kept_counters(other_path) == [7]
+    assert kept_counters(path, run_id="mine") == [4, 3]
+
+
+def test_other_run_never_loaded(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    runner.save_checkpoint(Model(3), path, run_id="run-a")
+
+    with pytest.raises(NoValidCheckpointError, match="belongs to run 'run-a', not to this job's run 'run-b'"):
+        runner.maybe_load_checkpoint(None, path, run_id="run-b")
+
+
+def test_run_without_id_never_loads_named_run(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    runner.save_checkpoint(Model(3), path, run_id="run-a")
+
+    with pytest.raises(NoValidCheckpointError, match="run 'run-a'"):
+        runner.maybe_load_checkpoint(None, path)
+
+
+def test_run_id_from_environment(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    monkeypatch.setenv("RUNNER_RUN_ID", "run-a")
+    runner.save_checkpoint(Model(3), path)
+
+    assert runner.maybe_load_checkpoint(None, path)[1] == 3
+    monkeypatch.setenv("RUNNER_RUN_ID", "run-b")
+    with pytest.raises(NoValidCheckpointError, match="run 'run-a'"):
+        runner.maybe_load_checkpoint(None, path)
+
+
+def test_other_run_skipped_for_own_kept(tmp_path, caplog):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, [1, 2], run_id="run-a")
+    runner.save_checkpoint(Model(9), tmp_path / "intruder.pt", run_id="run-b")
+    os.replace(tmp_path / "intruder.pt", path)  # another run's file where this run's newest was
+
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        _, counter = runner.maybe_load_checkpoint(None, path, run_id="run-a")
+
+    assert counter == 1
+    assert any("run 'run-b'" in record.getMessage() for record in caplog.records)
+
+
+def test_save_never_replaces_other_run(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    runner.save_checkpoint(Model(3), path, run_id="run-a")
+    before = path.read_bytes()
+
+    with pytest.raises(CheckpointSaveError, match="run 'run-a'"):
+        runner.save_checkpoint(Model(1), path, run_id="run-b")
+
+    assert path.read_bytes() == before
+    assert retention.numbered_checkpoints(str(path)) == []
+
+
+@pytest.mark.parametrize("run_id", ["", "  ", "tab\there", "x" * 201])
+def test_invalid_run_id_rejected(tmp_path, run_id):
+    with pytest.raises(ValueError, match="run_id="):
+        runner.save_checkpoint(Model(1), tmp_path / "checkpoint.pt", run_id=run_id)
