@@ -43,11 +43,12 @@ class Finding:
     def path(self, root: str) -> str:
         return root + "".join(str(step) for step in self.steps)
 
-    def exclude_path(self) -> str | None:
-        """Return the path to pass in ``exclude``, or None when the object is not an attribute that can be left out."""
-        if not self.steps or any(isinstance(step, Label) for step in self.steps) or not self.steps[-1].is_attribute:
-            return None
-        return objectpath.format_path(self.steps)
+    def excludable_steps(self) -> tuple[objectpath.Step, ...]:
+        """Return the steps to the deepest attribute on the path that ``exclude`` could name, or ``()``."""
+        end = next((index for index, step in enumerate(self.steps) if isinstance(step, Label)), len(self.steps))
+        while end > 0 and not self.steps[end - 1].is_attribute:
+            end -= 1
+        return tuple(self.steps[:end])
 
 
 class _TrialPickler(Pickler):
@@ -157,7 +158,15 @@ def _state_children(obj: Any, state: dict, excluded: frozenset[str]) -> Iterator
         if name in excluded:
             continue
         if isinstance(obj, torch.nn.Module) and name in _MODULE_STORES and isinstance(value, dict):
-            for member, member_value in value.items():  # reached as attributes: model.fc, not model._modules['fc']
-                yield objectpath.attribute(member), member_value
+            for member, member_value in value.items():  # shown as model.fc or model[0], not model._modules['fc']
+                yield _module_member_step(obj, member), member_value
         else:
             yield objectpath.attribute(name), value
+
+
+def _module_member_step(module: torch.nn.Module, member: str) -> objectpath.Step | Label:
+    if member.isidentifier():
+        return objectpath.attribute(member)
+    if isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList)) and member.isdigit():
+        return objectpath.item(int(member))
+    return Label(f" (member {member!r} of the module)")

@@ -31,6 +31,7 @@ from runner.checkpoint.exclusion import Exclusion, reduce_without
 _IMPORTABLE_KINDS = (type, types.FunctionType, types.BuiltinFunctionType)
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
 _IN_MEMORY_STREAMS = (io.BytesIO, io.StringIO)
+_DILL_SAVERS = dict(dill.Pickler.dispatch)
 
 
 @dataclass
@@ -150,7 +151,8 @@ class Pickler(dill.Pickler):
 
 
 def _reject_process_resources(obj: Any) -> None:
-    if type(obj) in dill.Pickler.dispatch:  # the user registered a reducer for this type
+    saver = dill.Pickler.dispatch.get(type(obj))
+    if saver is not None and saver is not _DILL_SAVERS.get(type(obj)):  # the user registered a reducer
         return
     if isinstance(obj, io.IOBase) and not isinstance(obj, _IN_MEMORY_STREAMS) and not _is_standard_stream(obj):
         raise pickle.PicklingError(
@@ -162,8 +164,8 @@ def _reject_process_resources(obj: Any) -> None:
 
 
 def _is_standard_stream(obj: Any) -> bool:
-    return any(obj is stream for stream in (sys.stdin, sys.stdout, sys.stderr,
-                                            sys.__stdin__, sys.__stdout__, sys.__stderr__))
+    """Tell whether dill stores ``obj`` by name and loads it as this process's own stream."""
+    return any(obj is stream for stream in (sys.__stdin__, sys.__stdout__, sys.__stderr__))
 
 
 def main_class(qualname: str, fallback: type) -> type:

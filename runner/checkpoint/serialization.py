@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import torch
 
-from runner.checkpoint import fileformat, locate, rng
+from runner.checkpoint import fileformat, locate, objectpath, rng
 from runner.checkpoint.exclusion import Exclusion, plan_exclusion, restore_excluded
 from runner.checkpoint.pickling import LoadContext, SaveContext, loading, pickle_module, saving
 from runner.checkpoint.unique import Registry, report_rebuilt
@@ -46,12 +46,12 @@ def unpicklable_error(payload: dict, exclusion: Exclusion, error: Exception, nam
     if finding is None:
         return CheckpointSaveError(
             f"saving checkpoint {name} failed while pickling: {type(error).__name__}: {error}. "
-            "The previous checkpoint is unchanged", name)
+            "The previous checkpoint is unchanged.", name)
     where = finding.path(root)
     advice = _advice(finding, root, payload["strategy"])
     return CheckpointSaveError(
         f"saving checkpoint {name} failed: {where} (a {type(finding.obj).__qualname__}) cannot be pickled: "
-        f"{type(finding.error).__name__}: {finding.error}. {advice} The previous checkpoint is unchanged", name)
+        f"{type(finding.error).__name__}: {finding.error}. {advice} The previous checkpoint is unchanged.", name)
 
 
 def _advice(finding: locate.Finding, root: str, strategy: Any) -> str:
@@ -61,10 +61,14 @@ def _advice(finding: locate.Finding, root: str, strategy: Any) -> str:
         return "Give its class a __getstate__ that returns only picklable state."
     holder = locate.Finding(finding.steps[:-1], None, finding.error).path(root)
     rebuild = f"give the class of {holder} a __getstate__ that drops it and a __setstate__ that rebuilds it"
-    exclude_path = finding.exclude_path()
-    if exclude_path is not None and _can_exclude(strategy, exclude_path):
+    steps = finding.excludable_steps()
+    exclude_path = objectpath.format_path(steps) if steps else None
+    if exclude_path is None or not _can_exclude(strategy, exclude_path):
+        return f"To fix it, {rebuild}, or exclude the attribute that holds it."
+    if len(steps) == len(finding.steps):
         return f"Leave it out with save_checkpoint(..., exclude=[{exclude_path!r}]), or {rebuild}."
-    return f"To fix it, {rebuild}, or exclude the attribute that holds it."
+    return (f"Leave out {root}.{exclude_path}, which holds it, with save_checkpoint(..., "
+            f"exclude=[{exclude_path!r}]), or give the class that holds it a __getstate__ that drops it.")
 
 
 def _can_exclude(strategy: Any, path: str) -> bool:
