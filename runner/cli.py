@@ -87,6 +87,11 @@ def add_local_parser(subparsers: argparse._SubParsersAction) -> None:
         help="send the preemption signal to the main process only, or to its whole process group (default: main)",
     )
     signals.add_argument(
+        "--signal-tasks", type=_signal_tasks, default=None, metavar="all|RANK[,RANK...]",
+        help="tasks that receive the preemption signal: all of them, as scancel --signal sends it, or the listed "
+        "ranks only, as when one node is preempted (default: all)",
+    )
+    signals.add_argument(
         "--grace", type=_seconds, default=30.0, metavar="SECONDS",
         help="seconds from the first preemption signal until SIGTERM to the job's process group (default: 30)",
     )
@@ -99,6 +104,11 @@ def add_local_parser(subparsers: argparse._SubParsersAction) -> None:
     job.add_argument(
         "--max-restarts", type=_count, default=10, metavar="N", help="start the job again at most N times (default: 10)"
     )
+    job.add_argument(
+        "--ntasks", type=_task_count, default=1, metavar="N",
+        help="start N tasks of the command, as srun --ntasks N does on one node, with SLURM_PROCID 0 to N-1 "
+        "(default: 1)",
+    )
     job.add_argument("--job-id", type=_count, metavar="ID", help="SLURM_JOB_ID (default: the scheduler's pid)")
     job.add_argument("--job-name", metavar="NAME", help="SLURM_JOB_NAME (default: the command's basename)")
     job.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]", help="the job to run")
@@ -110,6 +120,11 @@ def run_local(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("missing command: put it after '--', such as: runner local --preempt-after 60 -- python train.py")
+    if args.signal_tasks is not None and max(args.signal_tasks) >= args.ntasks:
+        parser.error(
+            f"--signal-tasks names rank {max(args.signal_tasks)}, but the job has {args.ntasks} task(s), "
+            f"ranks 0 to {args.ntasks - 1}; raise --ntasks or choose another rank"
+        )
     if args.seed is not None and args.preempt_random is None:
         parser.error(f"--seed {args.seed} applies only to --preempt-random; add --preempt-random MIN:MAX or drop --seed")
 
@@ -124,6 +139,8 @@ def run_local(args: argparse.Namespace) -> int:
         max_preemptions=args.max_preemptions,
         job_id=args.job_id,
         job_name=args.job_name,
+        ntasks=args.ntasks,
+        signal_ranks=args.signal_tasks,
     )
     try:
         return scheduler.run()
@@ -170,6 +187,31 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: give a whole number, 0 or more")
     return value
+
+
+def _task_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid number of tasks {text!r}: give a whole number, 1 or more")
+    return value
+
+
+def _signal_tasks(text: str) -> list[int] | None:
+    """Parse ``all`` (None: every task) or comma-separated ranks such as ``0`` or ``1,3``."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        ranks = [int(part) for part in text.split(",")]
+    except ValueError:
+        ranks = [-1]
+    if any(rank < 0 for rank in ranks):
+        raise argparse.ArgumentTypeError(
+            f"invalid --signal-tasks {text!r}: give 'all' or ranks separated by commas, such as 0 or 1,3"
+        )
+    return ranks
 
 
 def _signal(text: str) -> signal.Signals:

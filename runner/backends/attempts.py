@@ -13,7 +13,9 @@ class SentSignal:
     signal: signal.Signals
     after_s: float
     reason: str
-    """``preemption``, ``grace expired``, ``kill-wait expired`` or ``scheduler stopped``."""
+    """``preemption``, ``grace expired``, ``kill-wait expired``, ``scheduler stopped`` or ``task failed``."""
+    ranks: list[int] = field(default_factory=list)
+    """Ranks of the tasks the signal reached: those chosen that had not exited yet."""
 
 
 @dataclass
@@ -24,12 +26,19 @@ class Attempt:
     """1 for the first start; always ``restart_count + 1``."""
     restart_count: int
     pid: int
+    """The pid of task 0."""
     started_at: float
     """Wall-clock start time, as time.time() returns it."""
     requeue_file: Path
     signals: list[SentSignal] = field(default_factory=list)
+    task_pids: list[int] = field(default_factory=list)
+    """The pid of each task, in rank order."""
     exit_status: int | None = None
-    """Shell-style exit status: the job's exit code, or 128+N when signal N killed it; None while it runs."""
+    """The step's exit status; None while it runs. See ``LocalScheduler`` for how the tasks' statuses combine."""
+    task_exit_statuses: list[int | None] = field(default_factory=list)
+    """Shell-style exit status of each task, in rank order: its exit code, or 128+N when signal N killed it."""
+    failed_rank: int | None = None
+    """Rank of the first task that exited with a status other than 0 or 75 while other tasks still ran."""
     duration_s: float | None = None
     requeue_requested: bool = False
     """The job created its requeue file."""

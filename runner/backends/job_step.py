@@ -1,7 +1,7 @@
-"""The processes of one attempt of a local job: their SLURM-like environment, start, signals and exit status.
+"""The processes of one attempt of a local job: their SLURM-like environment, start, signals and exit statuses.
 
-An attempt runs one task today. Environment and signalling take the task's rank as an argument, so that running
-N tasks means starting N processes here and combining their exit statuses, without touching the scheduler's policy.
+An attempt is one job step of N tasks, as ``srun --ntasks N`` starts them on one node: N processes of the same
+command, each in its own session and process group, told apart by SLURM_PROCID.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def task_environment(
 ) -> dict[str, str]:
     """Build the environment of one task: `base` (default os.environ) without its SLURM variables, plus ours.
 
-    The SLURM variables match those of a batch job on one node, and the RUNNER_ ones carry the local protocol.
+    The SLURM variables match those that ``srun --ntasks N`` sets in a batch job on one node, and the RUNNER_ ones
+    carry the local protocol. Every task gets the same requeue file, so any of them can request the requeue.
     """
     host = socket.gethostname().split(".")[0]
     environment = _without_slurm_variables(os.environ if base is None else base)
@@ -97,9 +98,19 @@ def task_environment(
             "SLURM_LOCALID": str(procid),
             "SLURM_NODEID": "0",
             "SLURM_NTASKS": str(ntasks),
+            "SLURM_NPROCS": str(ntasks),
+            "SLURM_TASKS_PER_NODE": str(ntasks),
+            "SLURM_STEP_ID": "0",
+            "SLURM_STEPID": "0",
+            "SLURM_STEP_NUM_TASKS": str(ntasks),
+            "SLURM_STEP_NUM_NODES": "1",
+            "SLURM_STEP_NODELIST": host,
+            "SLURM_STEP_TASKS_PER_NODE": str(ntasks),
+            "SLURM_GTIDS": ",".join(str(rank) for rank in range(ntasks)),
             "SLURM_NNODES": "1",
             "SLURM_JOB_NUM_NODES": "1",
             "SLURM_JOB_NODELIST": host,
+            "SLURM_NODELIST": host,
             "SLURM_SUBMIT_DIR": os.getcwd(),
             "SLURMD_NODENAME": host,
             "SLURM_CLUSTER_NAME": "local",
@@ -111,42 +122,110 @@ def task_environment(
     return environment
 
 
-class JobStep:
-    """The running processes of one attempt; the job's command runs in a new session and process group."""
+class _Task:
+    """One process of the step, the leader of its own session and process group."""
 
-    def __init__(self, command: Sequence[str], environment: Mapping[str, str]) -> None:
+    def __init__(self, rank: int, command: Sequence[str], environment: Mapping[str, str]) -> None:
+        self.rank = rank
         # start_new_session keeps a terminal's Ctrl-C away from the job, so only the scheduler decides what it gets.
-        self._process = subprocess.Popen(list(command), env=dict(environment), start_new_session=True)
+        self.process = subprocess.Popen(list(command), env=dict(environment), start_new_session=True)
+        self.exit_status: int | None = None
+
+    def poll(self) -> int | None:
+        if self.exit_status is None:
+            returncode = self.process.poll()
+            if returncode is not None:
+                self.exit_status = shell_status(returncode)
+        return self.exit_status
+
+    def wait(self, timeout_s: float) -> int | None:
+        if self.exit_status is None:
+            try:
+                self.exit_status = shell_status(self.process.wait(timeout=timeout_s))
+            except subprocess.TimeoutExpired:
+                pass
+        return self.exit_status
+
+    def send(self, sig: signal.Signals, target: SignalTarget) -> bool:
+        """Send `sig` to the process or its group; return False, sending nothing, once the task has been reaped."""
+        # After the scheduler reaps the task, its pid and group id may belong to another process.
+        if self.poll() is not None:
+            return False
+        try:
+            if target is SignalTarget.GROUP:
+                os.killpg(self.process.pid, sig)
+            else:
+                os.kill(self.process.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill_leftovers(self) -> None:
+        # POSIX does not reuse a pid while a process group of that id exists, so this reaches only the task's processes.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        logger.warning(
+            "sent SIGKILL to process group %d of task %d: it still had processes after the task exited",
+            self.process.pid, self.rank,
+        )
+
+
+class JobStep:
+    """The running tasks of one attempt, one process per environment in `environments`, in rank order."""
+
+    def __init__(self, command: Sequence[str], environments: Sequence[Mapping[str, str]]) -> None:
+        if not environments:
+            raise ValueError("a job step needs at least one task environment")
+        self._tasks: list[_Task] = []
+        try:
+            for rank, environment in enumerate(environments):
+                self._tasks.append(_Task(rank, command, environment))
+        except BaseException:
+            # A step that could not start all its tasks must not leave the started ones running.
+            for task in self._tasks:
+                task.send(signal.SIGKILL, SignalTarget.GROUP)
+                task.wait(timeout_s=5.0)
+            raise
 
     @property
     def pid(self) -> int:
-        return self._process.pid
+        """The pid of task 0."""
+        return self._tasks[0].process.pid
 
-    def wait(self, timeout_s: float) -> int | None:
-        """Wait up to `timeout_s` for the job to exit; return its shell-style exit status, or None if it still runs."""
-        try:
-            return shell_status(self._process.wait(timeout=timeout_s))
-        except subprocess.TimeoutExpired:
+    @property
+    def pids(self) -> list[int]:
+        return [task.process.pid for task in self._tasks]
+
+    @property
+    def ntasks(self) -> int:
+        return len(self._tasks)
+
+    def exit_statuses(self) -> list[int | None]:
+        """Return each task's shell-style exit status, None for a task that still runs."""
+        return [task.poll() for task in self._tasks]
+
+    def wait(self, timeout_s: float) -> list[int] | None:
+        """Wait up to `timeout_s` for every task to exit; return their exit statuses, or None if one still runs.
+
+        The wait blocks on the first running task only, so a caller that polls sees another task's exit at its next
+        call, which is how it learns of a task that failed while the others run.
+        """
+        running = [task for task in self._tasks if task.poll() is None]
+        if running:
+            running[0].wait(timeout_s)
+        statuses = self.exit_statuses()
+        if any(status is None for status in statuses):
             return None
+        return [status for status in statuses if status is not None]
 
-    def send(self, sig: signal.Signals, target: SignalTarget) -> None:
-        """Send `sig` to the main process or its whole group; do nothing once the job has been reaped."""
-        # After the scheduler reaps the job, its pid and group id may belong to another process.
-        if self._process.poll() is not None:
-            return
-        try:
-            if target is SignalTarget.GROUP:
-                os.killpg(self._process.pid, sig)
-            else:
-                os.kill(self._process.pid, sig)
-        except ProcessLookupError:
-            pass
+    def send(self, sig: signal.Signals, target: SignalTarget, ranks: Sequence[int] | None = None) -> list[int]:
+        """Send `sig` to the tasks of `ranks` (default all) that still run; return the ranks it reached."""
+        chosen = self._tasks if ranks is None else [self._tasks[rank] for rank in ranks]
+        return [task.rank for task in chosen if task.send(sig, target)]
 
     def kill_leftovers(self) -> None:
-        """SIGKILL processes still in the job's group after it exited, as SLURM's process tracking does for a job step."""
-        # POSIX does not reuse a pid while a process group of that id exists, so this reaches only the job's processes.
-        try:
-            os.killpg(self._process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        logger.warning("sent SIGKILL to process group %d: it still had processes after the job exited", self._process.pid)
+        """SIGKILL processes still in a task's group after it exited, as SLURM's process tracking does for a job step."""
+        for task in self._tasks:
+            task.kill_leftovers()

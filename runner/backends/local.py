@@ -1,9 +1,10 @@
 """Run a command as a preemptible job on this machine, the way SLURM runs it with PreemptMode=REQUEUE.
 
-Each attempt gets a SLURM-like environment. On the schedule's preemption times the scheduler sends the
-preemption signal, and if the job still runs `grace_s` later it sends SIGTERM, then SIGKILL after `kill_wait_s`.
-The job is started again, with SLURM_RESTART_COUNT one higher, when it created its RUNNER_REQUEUE_FILE (the local
-form of ``scontrol requeue``) or when the scheduler killed it after a preemption.
+Each attempt starts the command as N tasks (``srun --ntasks N`` on one node), each with a SLURM-like environment.
+On the schedule's preemption times the scheduler sends the preemption signal to every task or to chosen ones, and
+if a task still runs `grace_s` later it sends SIGTERM to all tasks, then SIGKILL after `kill_wait_s`. The job is
+started again, with SLURM_RESTART_COUNT one higher, when a task created the RUNNER_REQUEUE_FILE (the local form of
+``scontrol requeue``) or when the scheduler killed the job after a preemption.
 """
 
 from __future__ import annotations
@@ -45,7 +46,13 @@ class CommandNotFoundError(RunnerError):
 
 
 class LocalScheduler:
-    """Run `command` as a local preemptible job; `run()` returns the job's final exit status."""
+    """Run `command` as a local preemptible job of `ntasks` tasks; `run()` returns the job's final exit status.
+
+    `signal_ranks` chooses the tasks that receive the preemption signal (default all, as ``scancel --signal``
+    sends it); SIGTERM and SIGKILL always go to all. A task that exits with a status other than 0 or 75 while
+    others run gets them SIGTERM, then SIGKILL after `kill_wait_s`, as ``srun --kill-on-bad-exit`` does. The
+    attempt's status is then that task's status; otherwise it is the highest status of its tasks, as srun reports.
+    """
 
     def __init__(
         self,
@@ -60,6 +67,8 @@ class LocalScheduler:
         max_preemptions: int | None = None,
         job_id: int | None = None,
         job_name: str | None = None,
+        ntasks: int = 1,
+        signal_ranks: Sequence[int] | None = None,
     ) -> None:
         if not command:
             raise ValueError("missing command: give the job's command and its arguments, such as ['python', 'train.py']")
@@ -68,6 +77,9 @@ class LocalScheduler:
         _check_count("max_restarts", max_restarts)
         if max_preemptions is not None:
             _check_count("max_preemptions", max_preemptions)
+        _check_ntasks(ntasks)
+        if signal_ranks is not None:
+            _check_ranks(signal_ranks, ntasks)
         self.command = list(command)
         self.schedule = schedule if schedule is not None else NoPreemption()
         self.preempt_signal = signal.Signals(preempt_signal)
@@ -78,6 +90,8 @@ class LocalScheduler:
         self.max_preemptions = max_preemptions
         self.job_id = job_id if job_id is not None else os.getpid()
         self.job_name = job_name if job_name is not None else os.path.basename(self.command[0])
+        self.ntasks = ntasks
+        self.signal_ranks = None if signal_ranks is None else sorted(set(signal_ranks))
         self.result = RunResult(job_id=self.job_id)
         self._preemptions_sent = 0
         self._stop = StopRequest()
@@ -107,23 +121,29 @@ class LocalScheduler:
 
     def _run_attempt(self, restart_count: int, folder: Path) -> Attempt:
         requeue_file = folder / f"requeue-{restart_count}"
-        environment = task_environment(
-            job_id=self.job_id,
-            job_name=self.job_name,
-            restart_count=restart_count,
-            preempt_signal=self.preempt_signal,
-            requeue_file=str(requeue_file),
-        )
+        environments = [
+            task_environment(
+                job_id=self.job_id,
+                job_name=self.job_name,
+                restart_count=restart_count,
+                preempt_signal=self.preempt_signal,
+                requeue_file=str(requeue_file),
+                procid=rank,
+                ntasks=self.ntasks,
+            )
+            for rank in range(self.ntasks)
+        ]
         started_s = time.monotonic()
         try:
-            step = JobStep(self.command, environment)
+            step = JobStep(self.command, environments)
         except (FileNotFoundError, PermissionError) as error:
             raise CommandNotFoundError(f"cannot start {self.command[0]!r}: {error}", self.command[0]) from error
-        attempt = Attempt(restart_count + 1, restart_count, step.pid, time.time(), requeue_file)
+        attempt = Attempt(restart_count + 1, restart_count, step.pid, time.time(), requeue_file, task_pids=step.pids)
         self.result.attempts.append(attempt)
+        pids = f"pid {step.pid}" if self.ntasks == 1 else f"{self.ntasks} tasks, pids {' '.join(map(str, step.pids))}"
         logger.info(
-            "[job %d] attempt %d started, pid %d, SLURM_RESTART_COUNT=%d",
-            self.job_id, attempt.number, attempt.pid, restart_count,
+            "[job %d] attempt %d started, %s, SLURM_RESTART_COUNT=%d",
+            self.job_id, attempt.number, pids, restart_count,
         )
 
         try:
@@ -135,14 +155,15 @@ class LocalScheduler:
         attempt.duration_s = time.monotonic() - started_s
         step.kill_leftovers()
         attempt.requeue_requested = requeue_file.exists()
+        per_task = "" if self.ntasks == 1 else f" (tasks: {' '.join(map(str, attempt.task_exit_statuses))})"
         logger.info(
-            "[job %d] attempt %d exited with status %d after %.1f s",
-            self.job_id, attempt.number, attempt.exit_status, attempt.duration_s,
+            "[job %d] attempt %d exited with status %d%s after %.1f s",
+            self.job_id, attempt.number, attempt.exit_status, per_task, attempt.duration_s,
         )
         return attempt
 
     def _supervise(self, step: JobStep, attempt: Attempt, started_s: float) -> int:
-        """Send the scheduled signals and escalations until the job exits; return its exit status.
+        """Send the scheduled signals and escalations until every task exits; return the step's exit status.
 
         Times are offsets in seconds from the attempt's start. The first preemption signal starts the grace period;
         later ones are still sent until SIGTERM goes out, so a job must tolerate repeated signals.
@@ -163,6 +184,12 @@ class LocalScheduler:
                     kill_at_s = now_s + self.kill_wait_s
                 else:
                     kill_at_s = now_s  # A second Ctrl-C skips the rest of the kill wait.
+            if kill_at_s is None and attempt.failed_rank is None:
+                attempt.failed_rank = _first_failed_rank(step.exit_statuses())
+                if attempt.failed_rank is not None:
+                    preempt_at_s = term_at_s = None
+                    self._send(step, attempt, now_s, signal.SIGTERM, SignalTarget.GROUP, "task failed")
+                    kill_at_s = now_s + self.kill_wait_s
             if kill_at_s is not None and now_s >= kill_at_s:
                 self._send(step, attempt, now_s, signal.SIGKILL, SignalTarget.GROUP, "kill-wait expired")
                 kill_at_s = math.inf
@@ -173,16 +200,21 @@ class LocalScheduler:
                 kill_at_s = now_s + self.kill_wait_s
             if preempt_at_s is not None and now_s >= preempt_at_s:
                 self._preemptions_sent += 1
-                self._send(step, attempt, now_s, self.preempt_signal, self.signal_target, "preemption")
+                self._send(
+                    step, attempt, now_s, self.preempt_signal, self.signal_target, "preemption", self.signal_ranks
+                )
                 if term_at_s is None:
                     term_at_s = now_s + self.grace_s
                 preempt_at_s = self._next_preemption(delays_s)
 
             deadlines_s = [d for d in (preempt_at_s, term_at_s, kill_at_s) if d is not None]
             timeout_s = min([_POLL_INTERVAL_S, *(d - now_s for d in deadlines_s)])
-            status = step.wait(max(timeout_s, 0.0))
-            if status is not None:
-                return status
+            statuses = step.wait(max(timeout_s, 0.0))
+            if statuses is not None:
+                attempt.task_exit_statuses = list(statuses)
+                if attempt.failed_rank is not None:
+                    return statuses[attempt.failed_rank]
+                return max(statuses)
 
     def _next_preemption(self, delays_s: Iterator[float]) -> float | None:
         if self.max_preemptions is not None and self._preemptions_sent >= self.max_preemptions:
@@ -190,24 +222,41 @@ class LocalScheduler:
         return next(delays_s, None)
 
     def _send(
-        self, step: JobStep, attempt: Attempt, now_s: float, sig: signal.Signals, target: SignalTarget, reason: str
+        self,
+        step: JobStep,
+        attempt: Attempt,
+        now_s: float,
+        sig: signal.Signals,
+        target: SignalTarget,
+        reason: str,
+        ranks: Sequence[int] | None = None,
     ) -> None:
-        step.send(sig, target)
-        attempt.signals.append(SentSignal(sig, now_s, reason))
-        receiver = f"process group {step.pid}" if target is SignalTarget.GROUP else f"pid {step.pid}"
+        reached = step.send(sig, target, ranks)
+        attempt.signals.append(SentSignal(sig, now_s, reason, reached))
+        kind = "process group" if target is SignalTarget.GROUP else "pid"
+        if step.ntasks == 1:
+            receiver = f"to {kind} {step.pid}"
+        elif reached:
+            receiver = "to " + ", ".join(f"task {rank} ({kind} {step.pids[rank]})" for rank in reached)
+        else:
+            receiver = "to no task (the chosen tasks had exited)"
+        logger.warning(
+            "[job %d] attempt %d: sent %s %s after %.1f s (%s)",
+            self.job_id, attempt.number, sig.name, receiver, now_s, self._describe_reason(reason, step, attempt),
+        )
+
+    def _describe_reason(self, reason: str, step: JobStep, attempt: Attempt) -> str:
         if reason == "preemption":
             cap = "" if self.max_preemptions is None else f" of at most {self.max_preemptions}"
-            detail = f"preemption {self._preemptions_sent}{cap}"
-        elif reason == "grace expired":
-            detail = f"the grace period of {self.grace_s:g} s expired"
-        elif reason == "kill-wait expired":
-            detail = f"the kill wait of {self.kill_wait_s:g} s expired"
-        else:
-            detail = f"the scheduler received {self._stop.signal.name if self._stop.signal else 'a stop request'}"
-        logger.warning(
-            "[job %d] attempt %d: sent %s to %s after %.1f s (%s)",
-            self.job_id, attempt.number, sig.name, receiver, now_s, detail,
-        )
+            return f"preemption {self._preemptions_sent}{cap}"
+        if reason == "grace expired":
+            return f"the grace period of {self.grace_s:g} s expired"
+        if reason == "kill-wait expired":
+            return f"the kill wait of {self.kill_wait_s:g} s expired"
+        if reason == "task failed":
+            status = step.exit_statuses()[attempt.failed_rank]
+            return f"task {attempt.failed_rank} exited with status {status} while the others ran"
+        return f"the scheduler received {self._stop.signal.name if self._stop.signal else 'a stop request'}"
 
     def _decide_restart(self, attempt: Attempt) -> bool:
         """Return whether to start the job again after `attempt`, and log the decision."""
@@ -250,6 +299,31 @@ def _check_seconds(name: str, value_s: float) -> None:
 def _check_count(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"invalid {name}: {value!r}; give a whole number, 0 or more")
+
+
+def _check_ntasks(ntasks: int) -> None:
+    if isinstance(ntasks, bool) or not isinstance(ntasks, int) or ntasks < 1:
+        raise ValueError(f"invalid ntasks: {ntasks!r}; give a whole number of tasks, 1 or more")
+
+
+def _check_ranks(ranks: Sequence[int], ntasks: int) -> None:
+    if not ranks:
+        raise ValueError("invalid signal_ranks: the list is empty; give None to signal every task")
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < ntasks:
+            raise ValueError(
+                f"invalid rank {rank!r} in signal_ranks: the job has {ntasks} task(s), ranks 0 to {ntasks - 1}"
+            )
+
+
+def _first_failed_rank(statuses: Sequence[int | None]) -> int | None:
+    """Return the lowest rank that exited with a status other than 0 or 75 while another task still runs."""
+    if all(status is not None for status in statuses):
+        return None
+    for rank, status in enumerate(statuses):
+        if status is not None and status not in (exitcodes.FINISHED, exitcodes.REQUEUED):
+            return rank
+    return None
 
 
 def _check_executable(program: str) -> None:
