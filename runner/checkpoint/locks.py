@@ -119,6 +119,9 @@ def describe_holder(lock_file: str) -> str | None:
 
 
 def _timeout_message(lock_file: str, timeout_s: float, kind: str) -> str:
+    if os.path.islink(lock_file):
+        return (f"timed out after {timeout_s:g} s waiting for the lock {lock_file}: it is a symlink, and runner "
+                "never follows symlinks at lock paths; remove it")
     holder = describe_holder(lock_file)
     held_by = f"it is held by {holder}" if holder else "its holder is not recorded"
     advice = "wait for that process to finish, or stop it if it hangs"
@@ -133,8 +136,6 @@ def _open_error_message(lock_file: str, error: OSError) -> str:
         reason = "it is a symlink, and runner never follows symlinks at lock paths; remove it"
     elif error.errno == errno.ENOSYS:
         reason = f"this filesystem does not support flock; set {settings.LOCK_ENV_VAR}=soft or pass lock='soft'"
-    elif error.errno == errno.ENOENT:
-        reason = "its folder does not exist; create the folder first"
     else:
         reason = "check that the folder exists and that you can write to it"
     return f"cannot lock {lock_file}: [Errno {error.errno} {code}] {error.strerror or error}; {reason}"

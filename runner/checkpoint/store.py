@@ -64,10 +64,12 @@ def write_atomically(path: str, write: Callable[[IO[bytes]], None],
     except OSError as error:
         raise _save_error(path, "creating a temp file for", path, error, temp_removed=True) from error
     stage = "writing"
+    writer = None
     try:
         with os.fdopen(fd, "wb") as file:
             faults.reached("temp-created")
-            write(_CountingWriter(file))
+            writer = _CountingWriter(file)
+            write(writer)
             faults.reached("written")
             file.flush()
             os.fsync(file.fileno())
@@ -79,6 +81,9 @@ def write_atomically(path: str, write: Callable[[IO[bytes]], None],
         os.replace(temp_path, path)
     except BaseException as error:
         removed = tempfiles.remove_temp(temp_path)
+        write_error = writer.error if writer is not None else None
+        if write_error is not None:  # torch.save reports a failed write as RuntimeError, without the errno
+            raise _save_error(path, "writing", temp_path, write_error, temp_removed=removed) from write_error
         if isinstance(error, OSError):
             raise _save_error(path, stage, temp_path, error, temp_removed=removed) from error
         raise
@@ -101,14 +106,22 @@ def fsync_folder(folder: str) -> None:
 
 
 class _CountingWriter:
-    """Passes writes to the temp file, marking each as a step where fault-injection tests can kill the writer."""
+    """Passes writes to the temp file, marking each as a step where fault-injection tests can kill the writer.
+
+    It keeps the first OSError of a write in ``error``, because callers in between may replace it.
+    """
 
     def __init__(self, file: IO[bytes]):
         self._file = file
+        self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
         faults.reached("write")
-        return self._file.write(data)
+        try:
+            return self._file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
 
     def flush(self) -> None:
         self._file.flush()
