@@ -2,10 +2,10 @@
 
 Usage: python benchmarks/crash_consistency.py [--random-kills N] [--max-delay-ms MS] [--seed S] [--folder DIR]
 
-Every kill point ``STEP:N`` that a writer making three saves reaches (about 200: each named step of the transaction
-three times, and every write call into the temp files) gets a fresh folder, a real forked writer and a real
-SIGKILL; ``--random-kills`` more writers saving without pause are killed from outside after a random delay. Each
-outcome is checked as ``tests/crash_harness.py`` describes. Exits 1 if any kill point broke a guarantee.
+A writer making three saves reaches over 200 kill points ``STEP:N``: each named step of the transaction three
+times, and every write call into the temp files. Each kill point gets a fresh folder, a real forked writer and a
+real SIGKILL. Then ``--random-kills`` more writers, saving without pause, are killed from outside after a random
+delay. Each outcome is checked as ``tests/crash_harness.py`` describes. Exits 1 if any kill broke a guarantee.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-kills", type=int, default=50, metavar="N",
                         help="writers to kill from outside at a random moment (default: 50)")
     parser.add_argument("--max-delay-ms", type=float, default=60.0, metavar="MS",
-                        help="longest random delay before an outside kill, in milliseconds (default: 60)")
+                        help="maximum random delay before an outside kill, in milliseconds (default: 60)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random delays (default: 0)")
     parser.add_argument("--folder", type=Path, help="where to make one folder per kill (default: a temp folder)")
     args = parser.parse_args(argv)

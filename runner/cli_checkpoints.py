@@ -138,7 +138,7 @@ def _size_text(size: int | None) -> str:
 
 
 def _written_text(status: inventory.CheckpointStatus) -> str:
-    """The time in the header, or the file's modification time when the header cannot be trusted."""
+    """Format the time in the header, or the file's modification time when the header cannot be trusted."""
     created_at = _field(status, "created_at", None)
     if not isinstance(created_at, (int, float)):
         created_at = status.modified_at

@@ -1,8 +1,8 @@
 """Kill a real checkpoint writer with SIGKILL at a named step of its save, then check what it left behind.
 
-A forked child saves checkpoints 3, 4 and 5 on top of committed checkpoints 1 and 2, reporting each save's start
-and return through a pipe, with ``RUNNER_TEST_KILL_AT`` set so that it kills itself at one step of the save
-transaction (see ``runner.checkpoint.faults``). The parent then checks that the newest loadable checkpoint is the last
+A forked child saves checkpoints 3, 4 and 5 on top of committed checkpoints 1 and 2, and reports the start and the
+return of each save through a pipe. ``RUNNER_TEST_KILL_AT`` makes it kill itself at one step of the save transaction
+(see ``runner.checkpoint.faults``). The parent then checks that the newest loadable checkpoint is the last
 committed one, that every kept checkpoint is valid, and that the next save succeeds, removes the dead writer's temp
 file, prunes to ``keep`` and touches no foreign file. ``tests/test_fault_injection.py`` runs a sample of the kill
 points; ``benchmarks/crash_consistency.py`` runs all of them.
@@ -46,7 +46,7 @@ class Model:
 
     def __init__(self, exp_counter: int):
         self.exp_counter = exp_counter
-        self.weights = [torch.full((256,), float(exp_counter)) for _ in range(4)]
+        self.weights = [torch.full((256,), float(exp_counter)) for _ in range(8)]
         self.history = list(range(exp_counter))
 
 
@@ -105,7 +105,7 @@ def run_kill_point(folder: Path, kill_at: str) -> Outcome:
 def run_random_kill(folder: Path, delay_s: float) -> Outcome:
     """Kill a writer that saves without pause from outside, after ``delay_s``, and check.
 
-    The kill can land anywhere, inside torch.save or the kernel included; the newest checkpoint must then be the
+    The kill can land anywhere, inside torch.save or the kernel included. The newest checkpoint must then be the
     last one whose save returned, or the one in flight if its rename happened.
     """
     path = prepare(folder)

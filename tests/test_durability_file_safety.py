@@ -21,7 +21,7 @@ class Model:
 
 @pytest.fixture
 def open_umask():
-    """Run with umask 0, so that only the modes runner asks for protect its files."""
+    """Run with umask 0, so that only the modes runner passes to open protect its files."""
     previous = os.umask(0)
     yield
     os.umask(previous)

@@ -1,5 +1,6 @@
 """Kept checkpoints beside the newest one, and runs that never load or replace each other's checkpoints."""
 
+import errno
 import logging
 import os
 
@@ -105,6 +106,24 @@ def test_link_left_by_killed_save_counted_once(tmp_path):
     assert [name for _, name in inventory.checkpoint_files(str(path))] == [str(path), str(path) + ".1"]
     runner.save_checkpoint(Model(3), path)
     assert kept_counters(path) == [3, 2]
+
+
+def test_no_hard_links_copies_previous(tmp_path, monkeypatch, caplog):
+    """os.link is replaced, because no filesystem without hard links can be mounted here."""
+    path = tmp_path / "checkpoint.pt"
+    runner.save_checkpoint(Model(1), path)
+
+    def failing_link(*args, **kwargs):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", failing_link)
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        runner.save_checkpoint(Model(2), path)
+        runner.save_checkpoint(Model(3), path)
+
+    assert kept_counters(path) == [3, 2]
+    assert any("has no hard links" in record.getMessage() for record in caplog.records)
+    assert [name for name in os.listdir(tmp_path) if ".runner-tmp-" in name] == []
 
 
 def test_missing_newest_loads_kept_one(tmp_path, caplog):

@@ -33,9 +33,9 @@ class CheckpointStatus:
     size: int | None
     header: dict | None
     problem: str | None
-    """Why the checkpoint is invalid; None when it is valid."""
+    """The reason the checkpoint is invalid; None when it is valid."""
     untrusted: str | None = None
-    """Why loading it needs ``trust=True``; None when the current user may load it."""
+    """The reason loading it needs ``trust=True``; None when the current user may load it."""
     modified_at: float | None = None
     """The file's modification time, in seconds since the epoch."""
 
@@ -57,7 +57,7 @@ def checkpoint_files(path: str) -> list[tuple[int | None, str]]:
     """Return ``(number, path)`` of every checkpoint of ``path``, newest first, each file once.
 
     The checkpoint path comes first, then the numbered ones. A numbered name that is a hard link to a file listed
-    before it is left out; such a link remains when a save was killed between linking and renaming.
+    before it is left out. Such a link remains when a save was killed between linking and renaming.
     """
     candidates: list[tuple[int | None, str]] = [(None, path)] if os.path.lexists(path) else []
     candidates += retention.numbered_checkpoints(path)
@@ -94,9 +94,9 @@ def examine_all(path: str, run_id: object = ANY_RUN) -> list[CheckpointStatus]:
 def open_newest_valid(path: str, run_id: str | None, trust: bool) -> Iterator[OpenCheckpoint | None]:
     """Yield the newest valid checkpoint of ``path``, open; or None when ``path`` has no checkpoints at all.
 
-    Log a WARNING for each newer checkpoint skipped and why. Raise NoValidCheckpointError listing every checkpoint
-    with its problem when none is valid; UntrustedCheckpointError, unless ``trust``, for a checkpoint that another
-    user could have written; and UnsupportedCheckpointError for one written in a newer format.
+    Log a WARNING for each newer checkpoint skipped and why. When none is valid, raise NoValidCheckpointError
+    listing every checkpoint with its problem. Unless ``trust``, raise UntrustedCheckpointError for a checkpoint
+    that another user could have written. Raise UnsupportedCheckpointError for one written in a newer format.
     """
     skipped: list[CheckpointStatus] = []
     files = checkpoint_files(path)
@@ -129,8 +129,8 @@ def _check(file: BinaryIO, path: str, number: int | None, run_id: object
     untrusted = untrusted_reason(file_stat)
     try:
         verified = fileformat.verify(file, path)
-    except CorruptCheckpointError as error:
-        problem = _reason(error, path)
+    except (CorruptCheckpointError, OSError) as error:
+        problem = _reason(error, path) if isinstance(error, CorruptCheckpointError) else f"cannot be read: {error}"
         return CheckpointStatus(path, number, file_stat.st_size, None, problem, untrusted, file_stat.st_mtime), None
     header = verified.header
     problem = None
@@ -140,7 +140,7 @@ def _check(file: BinaryIO, path: str, number: int | None, run_id: object
 
 
 def _reason(error: Exception, path: str) -> str:
-    """The error's message without the leading "checkpoint <path>", which the listing shows already."""
+    """Return the error's message without the leading "checkpoint <path>", which the listing shows already."""
     message = str(error)
     prefix = f"checkpoint {path} "
     return message[len(prefix):] if message.startswith(prefix) else message

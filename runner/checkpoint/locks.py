@@ -4,15 +4,16 @@ The lock file is ``<checkpoint>.lock``, created with mode 0600 and never followe
 
 - ``flock`` (the default) takes a kernel ``flock`` on the lock file. A lock held by a process that dies is released
   by the kernel. On NFS, ``flock`` excludes writers on other hosts only when the filesystem is mounted with
-  locking: with ``nolock`` (or ``local_lock=flock``) it only excludes processes on the same host, and two hosts can
-  write one checkpoint at once. Lustre needs the ``flock`` mount option; GPFS and local filesystems work as is.
-- ``soft`` creates the lock file exclusively and removes it on release; choose it with ``lock="soft"`` or
-  ``RUNNER_LOCK=soft`` where ``flock`` is missing or local-only. It relies on exclusive create being atomic across
-  hosts (true on NFSv3 and later). A marker left by a process that died on this host is taken over; one left on
-  another host must be removed by hand, and the timeout error names it.
+  locking. With ``nolock`` or ``local_lock=flock`` the lock is local to each client (nfs(5)), so two hosts can
+  write one checkpoint at once, and runner cannot detect it. Lustre mounted with ``localflock`` is local in the
+  same way; with ``noflock``, ``flock`` fails with ENOSYS (mount.lustre(8)) and the error points to the soft lock.
+- ``soft`` creates the lock file exclusively and removes it on release. Choose it with ``lock="soft"`` or
+  ``RUNNER_LOCK=soft`` where ``flock`` is missing or local-only. It relies on ``O_EXCL`` being atomic across
+  hosts, which open(2) promises on NFSv3 or later. A marker left by a process that died on this host is taken
+  over. One left on another host must be removed by hand, and the timeout error names its holder.
 
-In both kinds the lock file holds the pid and host of its last holder, and its modification time is when that holder
-acquired it, which the timeout error reports.
+In both kinds the lock file contains the pid and host of its last holder, and its modification time is when that
+holder acquired it, which the timeout error reports.
 """
 
 from __future__ import annotations

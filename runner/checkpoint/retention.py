@@ -1,6 +1,6 @@
 """Older checkpoints kept beside the newest one, as fallbacks when the newest cannot be loaded.
 
-The checkpoint path always holds the newest checkpoint. Before a save renames its temp file over it, the current
+The checkpoint path always contains the newest checkpoint. Before a save renames its temp file over it, the current
 one gets a numbered name beside it, ``<checkpoint>.<n>``, with n one higher than any number in use: a hard link,
 which is atomic and copies nothing. After the rename, numbered checkpoints of the same run beyond the newest
 ``keep - 1`` are removed. A kill at any point leaves at least the previous checkpoints in place: before the rename the checkpoint
@@ -90,7 +90,7 @@ def prune(path: str, keep: int, run_id: str | None) -> list[str]:
 
 
 def _belongs_to_run(path: str, run_id: str | None) -> bool:
-    """Whether ``path`` is a runner checkpoint of ``run_id``, or a runner file too damaged to tell its run."""
+    """Return whether ``path`` is a runner checkpoint of ``run_id``, or a runner file too damaged to tell its run."""
     try:
         with open(path, "rb") as file:
             if file.read(len(fileformat.MAGIC)) != fileformat.MAGIC:

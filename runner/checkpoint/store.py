@@ -128,16 +128,16 @@ class _CountingWriter:
 
 
 def _check_same_run(path: str, run_id: str | None) -> None:
-    """Raise CheckpointSaveError if ``path`` holds a checkpoint of another run, which the save would replace."""
+    """Raise CheckpointSaveError if ``path`` contains a checkpoint of another run, which the save would replace."""
     try:
         with open(path, "rb") as file:
             header = fileformat.read_header(file, path)
     except (OSError, CheckpointError):
-        return  # a missing or damaged file holds no run to protect
+        return  # a missing or damaged file has no run to protect
     owner = header.get("run_id")
     if owner != run_id:
         raise CheckpointSaveError(
-            f"refusing to save checkpoint {path}: the file holds a checkpoint of run {owner!r}, and this job is run "
+            f"cannot save checkpoint {path}: the file contains a checkpoint of run {owner!r}, and this job is run "
             f"{run_id!r}. Save to another path, pass run_id={owner!r} to continue that run, or move the file away",
             path)
 

@@ -27,7 +27,7 @@ def temp_path_for(path: str) -> str:
 def create_temp(path: str) -> tuple[int, str]:
     """Create a new, empty temp file for ``path``, mode 0600; return its descriptor and path.
 
-    ``O_EXCL`` with ``O_NOFOLLOW`` never opens an existing file or follows a symlink planted at the name; when a
+    ``O_EXCL`` with ``O_NOFOLLOW`` never opens an existing file or follows a symlink planted at the name. When a
     name is taken, another random name is tried.
     """
     for _ in range(_CREATE_ATTEMPTS - 1):
@@ -73,7 +73,7 @@ def remove_stale_temps(path: str) -> list[str]:
 
 
 def remove_temp(temp_path: str) -> bool:
-    """Remove ``temp_path`` after a failed save; return whether it is gone. Never raises, to keep the first error."""
+    """Remove ``temp_path`` after a failed save; return whether it is gone. Log an OSError instead of raising it."""
     try:
         os.unlink(temp_path)
     except FileNotFoundError:
