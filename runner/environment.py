@@ -23,10 +23,15 @@ class JobEnvironment:
     global_rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    """Tasks in this job step (SLURM_STEP_NUM_TASKS under srun, else SLURM_NTASKS)."""
     node_rank: int = 0
     num_nodes: int = 1
     hostname: str = ""
     requeue_file: str | None = None
+    step_id: str | None = None
+    """SLURM_STEP_ID: set in tasks that srun (or ``runner local``) started, unset in a batch script itself."""
+    nodelist: str | None = None
+    """The step's nodes in SLURM's compressed form, such as ``node[01-04]``; the job's nodes outside a step."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> "JobEnvironment":
@@ -45,11 +50,13 @@ class JobEnvironment:
             restart_count=_int(env, "SLURM_RESTART_COUNT", 0),
             global_rank=_int(env, "SLURM_PROCID", 0),
             local_rank=_int(env, "SLURM_LOCALID", 0),
-            world_size=_int(env, "SLURM_NTASKS", 1),
+            world_size=_int(env, "SLURM_STEP_NUM_TASKS", _int(env, "SLURM_NTASKS", 1)),
             node_rank=_int(env, "SLURM_NODEID", 0),
             num_nodes=_int(env, "SLURM_JOB_NUM_NODES", _int(env, "SLURM_NNODES", 1)),
             hostname=env.get("SLURMD_NODENAME") or socket.gethostname(),
             requeue_file=env.get(protocol.REQUEUE_FILE_VAR),
+            step_id=env.get("SLURM_STEP_ID"),
+            nodelist=env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST"),
         )
 
     @property

@@ -1,0 +1,95 @@
+"""The stop after a preemption when a job runs as several ranks: agree, save once, requeue once, exit together.
+
+A preemption signal may reach some ranks and not others, and a rank that stopped alone would leave the others
+blocked in their next collective. So at each safe point the ranks count, with one all-reduce, how many of them
+received the signal, and all stop at that same safe point when any did. Every rank must therefore reach the same
+safe points in the same order, as it reaches the same collectives in data-parallel training.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Callable, NoReturn
+
+import torch
+import torch.distributed as dist
+
+from runner import exitcodes
+from runner.errors import CheckpointSaveError, RequeueError
+from runner.requeue import request_requeue
+
+if TYPE_CHECKING:
+    from runner.job import Job
+
+logger = logging.getLogger(__name__)
+
+
+def count_across_ranks(flag: bool) -> int:
+    """Return how many ranks passed a true `flag`; every rank gets the same number (an all-reduce SUM)."""
+    tensor = torch.tensor([int(bool(flag))], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return int(tensor.item())
+
+
+def stop_together(job: "Job", save: Callable[[], None] | None = None) -> None:
+    """Return when no rank was preempted; otherwise stop every rank at this safe point and exit.
+
+    Rank 0 alone runs `save`, while the others wait until it has committed. Rank 0 then requests the one requeue,
+    and every rank exits with the same status: 75 when the scheduler accepted, 76 when it could not be asked. When
+    `save` raises on rank 0, rank 0 re-raises the error and the other ranks raise CheckpointSaveError.
+    """
+    preempted_ranks = count_across_ranks(job.preempted)
+    if preempted_ranks == 0:
+        return
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    job.watcher.ignore_further()
+    _log_stop(job, rank, preempted_ranks, world_size)
+
+    save_error = _save_on_rank_zero(rank, save)
+    # From the commit on, a rank's only work is to exit. SLURM answers rank 0's `scontrol requeue` by sending
+    # SIGTERM to every task, which must not turn their exit 75 into a kill; SIGKILL still follows after KillWait.
+    previous_sigterm = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if count_across_ranks(save_error is not None) > 0:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if save_error is not None:
+            raise save_error
+        raise CheckpointSaveError(f"rank 0 failed to save the checkpoint before stopping; rank {rank} stops too, "
+                                  "and rank 0's output shows the error")
+    _exit_together(job, rank)
+
+
+def _log_stop(job: "Job", rank: int, preempted_ranks: int, world_size: int) -> None:
+    record = job.watcher.first
+    if record is not None:
+        received = f"it received {record.signal.name} {time.monotonic() - record.received_monotonic:.1f} s ago"
+    else:
+        received = "it received no preemption signal itself"
+    logger.warning("job %s rank %d stopping: %d of %d ranks were preempted, and %s",
+                   job.env.job_id, rank, preempted_ranks, world_size, received)
+
+
+def _save_on_rank_zero(rank: int, save: Callable[[], None] | None) -> BaseException | None:
+    if rank != 0 or save is None:
+        return None
+    try:
+        save()
+    except BaseException as error:  # re-raised by the caller once the other ranks know
+        return error
+    return None
+
+
+def _exit_together(job: "Job", rank: int) -> NoReturn:
+    status = torch.tensor([exitcodes.REQUEUED], dtype=torch.int64)
+    if rank == 0:
+        try:
+            request_requeue(job.env)
+        except RequeueError as error:
+            logger.error("%s", error)
+            status[0] = exitcodes.REQUEUE_FAILED
+    dist.broadcast(status, src=0)
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.exit(int(status.item()))
