@@ -6,6 +6,7 @@ function that raises the error, which reaches the same handling as a real one.
 """
 
 import errno
+import logging
 import os
 import stat
 import subprocess
@@ -15,7 +16,7 @@ import torch
 
 import runner
 from runner.checkpoint import inventory, retention, tempfiles
-from runner.errors import CheckpointSaveError
+from runner.errors import CheckpointError, CheckpointSaveError
 
 
 class Model:
@@ -127,3 +128,20 @@ def test_folder_fsync_error_after_rename(tmp_path, monkeypatch):
 
     assert temp_files(tmp_path) == []
     assert runner.maybe_load_checkpoint(None, path)[1] == 2
+
+
+def test_read_only_folder_loads_unlocked(small_tmpfs, caplog):
+    path = small_tmpfs / "checkpoint.pt"
+    runner.save_checkpoint(Model(1), path)
+    runner.save_checkpoint(Model(2), path)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        loaded, counter = runner.maybe_load_checkpoint(None, path)
+
+    assert counter == 2
+    assert loaded.weights[0].item() == 2.0
+    assert any(f"cannot lock {path}.lock" in record.getMessage() for record in caplog.records)
+    with pytest.raises(CheckpointError, match=r"\[Errno 30 EROFS\]") as caught:
+        runner.save_checkpoint(Model(3), path)
+    assert f"{path}.lock" in str(caught.value)

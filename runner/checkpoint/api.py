@@ -110,7 +110,8 @@ def maybe_load_checkpoint(
         logger.info("no checkpoint at %s, starting from experience 0", path)
         return strategy, 0
     try:
-        with locks.locked(path, lock_timeout_s, lock), inventory.open_newest_valid(path, run_id, trust) as found:
+        with (locks.locked(path, lock_timeout_s, lock, unlocked_if_read_only=True),
+              inventory.open_newest_valid(path, run_id, trust) as found):
             if found is None:  # removed between the first look and taking the lock
                 logger.info("no checkpoint at %s, starting from experience 0", path)
                 return strategy, 0

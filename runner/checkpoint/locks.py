@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 _OWNER_ONLY = 0o600
 _MAX_HOLDER_BYTES = 4096
+_NOT_WRITABLE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 _locks: dict[tuple[str, str], filelock.BaseFileLock] = {}
 _locks_guard = threading.Lock()
 
@@ -83,16 +84,29 @@ def _record_holder(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: str, timeout_s: float, kind: str | None = None) -> Iterator[None]:
-    """Hold the lock of the checkpoint at ``path``; raise LockTimeoutError naming the holder after ``timeout_s``."""
+def locked(path: str, timeout_s: float, kind: str | None = None, unlocked_if_read_only: bool = False
+           ) -> Iterator[None]:
+    """Hold the lock of the checkpoint at ``path``; raise LockTimeoutError naming the holder after ``timeout_s``.
+
+    With ``unlocked_if_read_only``, a lock file that cannot be opened for writing, as in a read-only folder, is
+    logged and the body runs without the lock. That is safe for reading only: saves rename complete files into
+    place, and an open file stays readable after it is replaced or removed.
+    """
     kind = settings.resolve_lock_kind(kind)
     lock = checkpoint_lock(path, kind)
+    acquired = False
     try:
         lock.acquire(timeout=timeout_s)
+        acquired = True
     except filelock.Timeout as error:
         raise LockTimeoutError(_timeout_message(lock.lock_file, timeout_s, kind), path) from error
     except OSError as error:
-        raise CheckpointError(_open_error_message(lock.lock_file, error), path) from error
+        if not (unlocked_if_read_only and error.errno in _NOT_WRITABLE_ERRNOS):
+            raise CheckpointError(_open_error_message(lock.lock_file, error), path) from error
+        logger.warning("cannot lock %s (%s), so reading the checkpoint without the lock", lock.lock_file, error)
+    if not acquired:
+        yield
+        return
     try:
         faults.reached("lock-acquired")
         yield

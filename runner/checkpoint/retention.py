@@ -49,6 +49,8 @@ def keep_current(path: str, keep: int) -> str | None:
         current = os.stat(path)
     except FileNotFoundError:
         return None
+    # NOTE: the current checkpoint is kept without verifying it, which would read the whole file on every save, so
+    # a damaged one takes a slot and can push the oldest valid one out.
     numbered = numbered_checkpoints(path)
     if numbered and _same_file(numbered[0][1], current):
         return None  # an earlier save linked it and was killed before its rename
