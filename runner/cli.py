@@ -20,6 +20,7 @@ from runner.backends.schedule import (
     parse_delay_range,
 )
 from runner.cli_checkpoints import add_inspect_parser, add_verify_parser
+from runner.cli_submit import add_submit_parser
 
 EXIT_COMMAND_NOT_FOUND = 127
 """Exit status when the job's command cannot be started, as shells use."""
@@ -232,6 +233,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_local_parser,
     add_inspect_parser,
     add_verify_parser,
+    add_submit_parser,
 ]
 """Functions that each register one subcommand's parser; add new subcommands here."""
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import Callable, Iterable, NoReturn
 
-from runner import exitcodes
 from runner.environment import JobEnvironment
-from runner.errors import RequeueError
 from runner.preemption import PreemptionWatcher
-from runner.requeue import request_requeue
+from runner.requeue import RequeuePolicy, requeue_after_stop
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +23,13 @@ class Job:
     (``runner.distributed.stop_together``).
     """
 
-    def __init__(self, signals: Iterable[str | int] | None = None, env: JobEnvironment | None = None):
+    def __init__(self, signals: Iterable[str | int] | None = None, env: JobEnvironment | None = None,
+                 max_requeues: int | None = None, requeue_on_time_limit: bool | None = None):
+        """``max_requeues`` and ``requeue_on_time_limit`` default to RUNNER_MAX_REQUEUES (no cap when unset) and
+        RUNNER_REQUEUE_ON_TIME_LIMIT (requeue when unset)."""
         self.env = env or JobEnvironment.from_environ()
+        self.policy = RequeuePolicy.from_environ(max_requeues=max_requeues,
+                                                 requeue_on_time_limit=requeue_on_time_limit)
         self.watcher = PreemptionWatcher(signals).install()
 
     @property
@@ -46,19 +48,16 @@ class Job:
             self.requeue_and_exit()
 
     def requeue_and_exit(self) -> NoReturn:
-        """Ask the scheduler to requeue this job and exit: 75 when it accepted, 76 when it could not be asked."""
-        self.watcher.ignore_further()
-        record = self.watcher.first
-        if record is not None:
-            logger.warning("job %s stopping after %s, received %.1f s ago", self.env.job_id, record.signal.name,
-                           time.monotonic() - record.received_monotonic)
-        try:
-            request_requeue(self.env)
-        except RequeueError as error:
-            logger.error("%s", error)
-            sys.exit(exitcodes.REQUEUE_FAILED)
+        """Ask the scheduler to requeue this job and exit with ``requeue()``'s status."""
+        status = self.requeue()
         sys.stdout.flush()
-        sys.exit(exitcodes.REQUEUED)
+        sys.exit(status)
+
+    def requeue(self) -> int:
+        """Ask the scheduler to requeue this saved job unless the policy forbids it, and return the exit status:
+        75 when the scheduler accepted, 76 when it could not be asked, 77 when the policy refused."""
+        self.watcher.ignore_further()
+        return requeue_after_stop(self.env, self.watcher.first, self.policy)
 
 
 def _process_group_size() -> int:

@@ -20,3 +20,46 @@ def python_env() -> dict:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+# SLURM tests: @pytest.mark.slurm tests need the cluster of scripts/slurm-cluster.sh. They are skipped with the
+# reason when sinfo or sacct does not answer, and fail instead when RUNNER_REQUIRE_SLURM=1 (as CI sets it).
+
+REQUIRE_SLURM_VAR = "RUNNER_REQUIRE_SLURM"
+_SLURM_PROBES = (["sinfo", "--noheader", "--format=%T"],
+                 ["sacct", "--noheader", "--allocations", "--starttime=now-1minutes"])
+_slurm_unavailable: list = []
+
+
+def slurm_unavailable_reason():
+    """Return why the SLURM cluster cannot run tests, or None when sinfo and sacct answer; asked once per session."""
+    if not _slurm_unavailable:
+        _slurm_unavailable.append(_probe_slurm())
+    return _slurm_unavailable[0]
+
+
+def _probe_slurm():
+    import subprocess
+
+    start = "start it with: bash scripts/slurm-cluster.sh up"
+    for command in _SLURM_PROBES:
+        try:
+            subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
+        except FileNotFoundError:
+            return f"{command[0]} is not installed; {start}"
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(command)} timed out after 30 s; {start}"
+        except subprocess.CalledProcessError as error:
+            return f"{' '.join(command)} failed with exit code {error.returncode}: {error.stderr.strip()}; {start}"
+    return None
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("slurm") is None:
+        return
+    reason = slurm_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_SLURM_VAR) == "1":
+        pytest.fail(f"{REQUIRE_SLURM_VAR}=1 but the SLURM cluster does not answer: {reason}", pytrace=False)
+    pytest.skip(f"SLURM cluster not available: {reason}")
