@@ -132,6 +132,17 @@ def test_failed_save_stops_every_rank(step_job, checkout_on_path, capfd):
     assert "rank 0 failed to save the checkpoint before stopping; rank 1 stops too" in stderr
 
 
+def test_requeue_policy_applies_to_every_rank(step_job, checkout_on_path, monkeypatch):
+    monkeypatch.setenv("RUNNER_MAX_REQUEUES", "0")
+    scheduler = LocalScheduler(step_job(1, signal_step=2), ntasks=2, grace_s=60.0, job_id=4250)
+
+    assert scheduler.run() == exitcodes.REQUEUE_LIMIT
+    (attempt,) = scheduler.result.attempts
+    assert attempt.task_exit_statuses == [exitcodes.REQUEUE_LIMIT] * 2
+    assert attempt.requeue_requested is False
+    assert [(line["rank"], line["step"]) for line in step_job.records("save")] == [(0, 2)]
+
+
 def test_requeue_failure_reaches_every_rank(step_job, python_env, tmp_path):
     """Outside any scheduler rank 0 cannot request a requeue, so every rank exits 76."""
     port = free_port()

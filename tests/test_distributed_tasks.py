@@ -18,7 +18,7 @@ from runner.cli import main
 STARTUP_S = 0.5
 
 TASK_SCRIPT = r'''
-"""Test task: records its variables and signals as JSON lines, then acts as its rank's MODE says.
+"""Test task: records its variables and signals as JSON lines, then acts as the MODE of its rank selects.
 
 argv: RECORD_PATH RUN_S MODE_0 MODE_1 ... (one mode per rank)
 MODE: requeue (on the preemption signal create $RUNNER_REQUEUE_FILE and exit 75), exit75 (on the signal exit 75

@@ -1,7 +1,7 @@
 """The processes of one attempt of a local job: their SLURM-like environment, start, signals and exit statuses.
 
 An attempt is one job step of N tasks, as ``srun --ntasks N`` starts them on one node: N processes of the same
-command, each in its own session and process group, told apart by SLURM_PROCID.
+command, each in its own session and process group, distinguished by SLURM_PROCID.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class JobStep:
     def wait(self, timeout_s: float) -> list[int] | None:
         """Wait up to `timeout_s` for every task to exit; return their exit statuses, or None if one still runs.
 
-        The wait blocks on the first running task only, so a caller that polls sees another task's exit at its next
+        The wait blocks on the first running task only, so a caller that polls notices another task's exit at its next
         call, which is how it learns of a task that failed while the others run.
         """
         running = [task for task in self._tasks if task.poll() is None]

@@ -1,6 +1,6 @@
 """Checkpoints of a data-parallel job: rank 0 writes, every rank reads, and the world size is checked on load.
 
-The checkpoint holds rank 0's strategy and random state, which is the whole state when the model and optimizer
+The checkpoint contains rank 0's strategy and random state, which is the whole state when the model and optimizer
 are replicated and every rank draws the same random numbers, as in plain data parallelism. State that differs
 between ranks (a sharded optimizer, per-rank random generators) is not saved by these functions.
 

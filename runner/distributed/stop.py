@@ -18,8 +18,7 @@ import torch
 import torch.distributed as dist
 
 from runner import exitcodes
-from runner.errors import CheckpointSaveError, RequeueError
-from runner.requeue import request_requeue
+from runner.errors import CheckpointSaveError
 
 if TYPE_CHECKING:
     from runner.job import Job
@@ -37,9 +36,10 @@ def count_across_ranks(flag: bool) -> int:
 def stop_together(job: "Job", save: Callable[[], None] | None = None) -> None:
     """Return when no rank was preempted; otherwise stop every rank at this safe point and exit.
 
-    Rank 0 alone runs `save`, while the others wait until it has committed. Rank 0 then requests the one requeue,
-    and every rank exits with the same status: 75 when the scheduler accepted, 76 when it could not be asked. When
-    `save` raises on rank 0, rank 0 re-raises the error and the other ranks raise CheckpointSaveError.
+    Rank 0 alone runs `save`, while the others wait until it has committed. Rank 0 then applies the job's requeue
+    policy with ``Job.requeue()``, which requests the one requeue, and every rank exits with its status: 75 when
+    the scheduler accepted, 76 when it could not be asked, 77 when the policy refused. When `save` raises on rank
+    0, rank 0 re-raises the error and the other ranks raise CheckpointSaveError.
     """
     preempted_ranks = count_across_ranks(job.preempted)
     if preempted_ranks == 0:
@@ -49,8 +49,8 @@ def stop_together(job: "Job", save: Callable[[], None] | None = None) -> None:
     _log_stop(job, rank, preempted_ranks, world_size)
 
     save_error = _save_on_rank_zero(rank, save)
-    # From the commit on, a rank's only work is to exit. SLURM answers rank 0's `scontrol requeue` by sending
-    # SIGTERM to every task, which must not turn their exit 75 into a kill; SIGKILL still follows after KillWait.
+    # From the commit on, a rank's only work is to exit. After rank 0's `scontrol requeue`, SLURM sends SIGTERM to
+    # every task, and that must not turn their exit 75 into a kill. SIGKILL still follows after KillWait.
     previous_sigterm = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if count_across_ranks(save_error is not None) > 0:
         signal.signal(signal.SIGTERM, previous_sigterm)
@@ -84,11 +84,7 @@ def _save_on_rank_zero(rank: int, save: Callable[[], None] | None) -> BaseExcept
 def _exit_together(job: "Job", rank: int) -> NoReturn:
     status = torch.tensor([exitcodes.REQUEUED], dtype=torch.int64)
     if rank == 0:
-        try:
-            request_requeue(job.env)
-        except RequeueError as error:
-            logger.error("%s", error)
-            status[0] = exitcodes.REQUEUE_FAILED
+        status[0] = job.requeue()
     dist.broadcast(status, src=0)
     dist.destroy_process_group()
     sys.stdout.flush()
