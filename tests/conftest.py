@@ -63,3 +63,23 @@ def pytest_runtest_setup(item):
     if os.environ.get(REQUIRE_SLURM_VAR) == "1":
         pytest.fail(f"{REQUIRE_SLURM_VAR}=1 but the SLURM cluster does not answer: {reason}", pytrace=False)
     pytest.skip(f"SLURM cluster not available: {reason}")
+
+
+SLURM_TESTS_LOCK = Path(os.environ.get("RUNNER_SLURM_TESTS_LOCK", "/tmp/runner-slurm-tests.lock"))
+"""File locked around each SLURM test, so that test sessions running at once on this machine take turns on the
+one-node cluster: a preemption test would otherwise requeue the jobs of another session's test."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.get_closest_marker("slurm") is None or slurm_unavailable_reason() is not None:
+        yield
+        return
+    import fcntl
+
+    with open(SLURM_TESTS_LOCK, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
