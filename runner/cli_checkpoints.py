@@ -20,7 +20,7 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "List the checkpoint at PATH and the older ones kept beside it (PATH.<n>), newest first, with the "
             "experience counter, size, time written, run id, and whether each is valid or why not. Each file's "
-            "size, commit record and SHA-256 are checked; nothing is unpickled."
+            "size, commit record and checksum are checked; nothing is unpickled."
         ),
     )
     _add_common_arguments(parser)

@@ -93,7 +93,7 @@ def test_damaged_stream_rejected():
     data = bytearray(stream.getvalue())
     data[len(data) // 2] ^= 0xFF
 
-    with pytest.raises(CorruptCheckpointError, match="SHA-256"):
+    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
         runner.maybe_load_checkpoint(Strategy(), io.BytesIO(bytes(data)))
 
 

@@ -107,7 +107,7 @@ def test_verify_damaged_newest_exits_one(checkpoints, cli):
     result = cli("verify", str(path))
 
     assert result.returncode == 1
-    assert f"invalid: {path}: fails its SHA-256 check" in result.stdout
+    assert f"invalid: {path}: fails its CRC-32 check" in result.stdout
     assert f"loading would fall back to {path}.2 (experience 2)" in result.stdout
     assert not marker.exists()
 

@@ -1,5 +1,6 @@
 """Damaged checkpoints are detected before anything is unpickled, and loading falls back to an older kept one."""
 
+import functools
 import io
 import logging
 import os
@@ -20,15 +21,16 @@ class Model:
 
 @pytest.fixture
 def unpickle_calls(monkeypatch):
-    """Record every call of torch.load, the only way a checkpoint gets unpickled."""
+    """Record every call of torch.serialization._load, which unpickles for torch.load and runner's single-pass load."""
     calls = []
-    real_load = torch.load
+    real_load = torch.serialization._load
 
+    @functools.wraps(real_load)
     def recording_load(*args, **kwargs):
         calls.append(args)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "load", recording_load)
+    monkeypatch.setattr(torch.serialization, "_load", recording_load)
     return calls
 
 
@@ -156,7 +158,7 @@ def test_none_valid_error_lists_each(tmp_path):
 
     message = str(caught.value)
     assert [reason_path for reason_path, _ in caught.value.reasons] == kept
-    assert f"{kept[0]}: fails its SHA-256 check" in message
+    assert f"{kept[0]}: fails its CRC-32 check" in message
     assert f"{kept[1]}: has no commit record" in message
     assert f"{kept[2]}: is empty" in message
     assert "on_invalid='start_fresh'" in message

@@ -12,7 +12,7 @@ import dill
 import torch
 
 from runner import __version__
-from runner.checkpoint import fileformat, inventory, locks, serialization, settings, store, streams
+from runner.checkpoint import fileformat, inventory, locks, preload, serialization, settings, store, streams
 from runner.checkpoint.exclusion import plan_exclusion
 from runner.checkpoint.pickling import check_map_location
 from runner.checkpoint.unique import Registry, register_unique_objects
@@ -111,7 +111,7 @@ def maybe_load_checkpoint(
         return strategy, 0
     try:
         with (locks.locked(path, lock_timeout_s, lock, unlocked_if_read_only=True),
-              inventory.open_newest_valid(path, run_id, trust) as found):
+              inventory.open_newest_valid(path, run_id, trust, preload.plan) as found):
             if found is None:  # removed between the first look and taking the lock
                 logger.info("no checkpoint at %s, starting from experience 0", path)
                 return strategy, 0
@@ -147,7 +147,7 @@ def _unpickle(file: IO[bytes], verified: fileformat.VerifiedCheckpoint, map_loca
               registry: Registry | None) -> dict:
     window = fileformat.FileWindow(file, verified.payload_offset, verified.payload_length)
     try:
-        return serialization.read_payload(window, map_location, registry)
+        return serialization.read_payload(window, map_location, registry, verified.preloaded)
     except CheckpointError:
         raise
     except Exception as error:

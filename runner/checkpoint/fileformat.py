@@ -3,42 +3,47 @@
 Layout, all integers little-endian::
 
     magic b"RUNRCKPT" | header length (u32) | header (UTF-8 JSON) | payload (torch.save zip)
-    | commit record: b"RUNRDONE" | payload offset (u64) | payload length (u64) | SHA-256 of all bytes before it (32)
+    | commit record: commit magic | payload offset (u64) | payload length (u64) | checksum of all bytes before it (32)
 
-The commit record lets a reader tell a complete file from a truncated, damaged or unfinished one before
-anything is unpickled.
+The commit magic names the checksum: b"RUNRCR32" a CRC-32, as u32 followed by 28 zero bytes (format 2), and
+b"RUNRDONE" a SHA-256 (format 1, written by runner 0.1.0). The commit record lets a reader tell a complete file
+from a truncated, damaged or unfinished one before anything is unpickled.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Callable, Protocol, Sequence
 
+from runner.checkpoint import checksums
 from runner.errors import CorruptCheckpointError, UnsupportedCheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"RUNRCKPT"
-COMMIT_MAGIC = b"RUNRDONE"
+COMMIT_MAGIC = checksums.WRITTEN.commit_magic
 _HEADER_LENGTH = struct.Struct("<I")
-_COMMIT = struct.Struct("<8sQQ32s")
+_COMMIT = struct.Struct(f"<8sQQ{checksums.DIGEST_SIZE}s")
 COMMIT_SIZE = _COMMIT.size
 _MAX_HEADER_BYTES = 1 << 20
-_CHUNK_BYTES = 1 << 20
 _MIN_SIZE = len(MAGIC) + _HEADER_LENGTH.size + COMMIT_SIZE
 
 
 class HashingWriter(io.RawIOBase):
-    """A write-only stream that hashes and counts what passes through it to ``target``."""
+    """A write-only stream that checksums and counts what passes through it to ``target``.
 
-    def __init__(self, target: IO[bytes]):
+    A large write is checksummed by a helper thread while the caller's thread writes it. ``checksum`` is the
+    ``checksums.ChecksumKind`` of the commit record; saves use the default.
+    """
+
+    def __init__(self, target: IO[bytes], checksum: checksums.ChecksumKind = checksums.WRITTEN):
         super().__init__()
         self._target = target
-        self.digest = hashlib.sha256()
+        self.checksum = checksum
+        self._digest = checksum.new()
         self.bytes_written = 0
 
     def writable(self) -> bool:
@@ -46,13 +51,21 @@ class HashingWriter(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        self.digest.update(view)
-        self._target.write(view)
+        if len(view) < checksums.OVERLAP_MIN_BYTES:
+            self._digest.update(view)
+            self._target.write(view)
+        else:
+            # torch.save may reuse the memory behind ``data`` once write returns, so the checksum finishes first.
+            checksums.update_while(self._digest, view, lambda: self._target.write(view))
         self.bytes_written += len(view)
         return len(view)
 
     def flush(self) -> None:
         self._target.flush()
+
+    def digest(self) -> bytes:
+        """Return the checksum of every byte written so far, as the commit record stores it."""
+        return self._digest.digest()
 
 
 def write_header(writer: HashingWriter, header: dict) -> None:
@@ -63,7 +76,7 @@ def write_header(writer: HashingWriter, header: dict) -> None:
 def write_commit(writer: HashingWriter, payload_offset: int) -> None:
     """Append the commit record; the caller has written the header and then the payload through ``writer``."""
     payload_length = writer.bytes_written - payload_offset
-    record = _COMMIT.pack(COMMIT_MAGIC, payload_offset, payload_length, writer.digest.digest())
+    record = _COMMIT.pack(writer.checksum.commit_magic, payload_offset, payload_length, writer.digest())
     writer._target.write(record)
 
 
@@ -76,10 +89,30 @@ class VerifiedCheckpoint:
     payload_offset: int
     payload_length: int
     size: int
+    preloaded: Any = None
+    """What ``verify``'s ``preload`` returned, filled in the same pass as the checksum; None without one."""
 
 
-def verify(file: BinaryIO, path: str) -> VerifiedCheckpoint:
+class Preload(Protocol):
+    """Regions of a checkpoint file to read into buffers of their own while ``verify`` checksums the file.
+
+    ``regions`` are ``(file offset, writable buffer)`` pairs, sorted by offset and not overlapping; each buffer
+    receives the bytes of the file from its offset on. ``verify`` fills them before it checks the checksum, so
+    their contents may be trusted only once ``verify`` has returned.
+    """
+
+    regions: Sequence[tuple[int, memoryview]]
+
+
+PreloadPlanner = Callable[[BinaryIO, int, int], "Preload | None"]
+"""``preload(file, payload offset, payload length)``: the argument of ``verify`` that plans a ``Preload``."""
+
+
+def verify(file: BinaryIO, path: str, preload: PreloadPlanner | None = None) -> VerifiedCheckpoint:
     """Check the size, commit record, checksum and header of ``file`` without unpickling anything.
+
+    ``preload(file, payload offset, payload length)``, when given, returns a ``Preload`` whose regions are read
+    in the same pass as the checksum, so a load reads each byte of the file once. It is returned as ``preloaded``.
 
     Raise CorruptCheckpointError naming ``path`` when the file is empty, truncated, damaged or uncommitted, and
     UnsupportedCheckpointError when a newer runner wrote it.
@@ -93,7 +126,8 @@ def verify(file: BinaryIO, path: str) -> VerifiedCheckpoint:
             f"checkpoint {path} is truncated: {size} bytes, fewer than the {_MIN_SIZE} of the smallest checkpoint", path)
     file.seek(size - COMMIT_SIZE)
     magic, payload_offset, payload_length, expected = _COMMIT.unpack(file.read(COMMIT_SIZE))
-    if magic != COMMIT_MAGIC:
+    checksum = checksums.BY_COMMIT_MAGIC.get(magic)
+    if checksum is None:
         raise CorruptCheckpointError(
             f"checkpoint {path} has no commit record: the write did not finish, or the file was truncated or is "
             "not a runner checkpoint", path)
@@ -101,29 +135,17 @@ def verify(file: BinaryIO, path: str) -> VerifiedCheckpoint:
         raise CorruptCheckpointError(
             f"checkpoint {path} is {size} bytes, but its commit record promises "
             f"{payload_offset + payload_length + COMMIT_SIZE}", path)
+    preloaded = preload(file, payload_offset, payload_length) if preload is not None else None
     file.seek(0)
-    if hash_prefix(file, size - COMMIT_SIZE) != expected:
-        raise CorruptCheckpointError(f"checkpoint {path} fails its SHA-256 check: the file is damaged", path)
+    regions = preloaded.regions if preloaded is not None else ()
+    if checksums.checksum_file(file, size - COMMIT_SIZE, checksum, regions) != expected:
+        raise CorruptCheckpointError(f"checkpoint {path} fails its {checksum.name} check: the file is damaged", path)
     header = read_header(file, path)
     if file.tell() != payload_offset:
         raise CorruptCheckpointError(
             f"checkpoint {path} has its header ending at byte {file.tell()}, but its payload starting at byte "
             f"{payload_offset}", path)
-    return VerifiedCheckpoint(path, header, payload_offset, payload_length, size)
-
-
-def hash_prefix(file: BinaryIO, length: int) -> bytes:
-    digest = hashlib.sha256()
-    buffer = bytearray(_CHUNK_BYTES)
-    view = memoryview(buffer)
-    remaining = length
-    while remaining:
-        count = file.readinto(view[: min(remaining, _CHUNK_BYTES)])
-        if not count:
-            break
-        digest.update(view[:count])
-        remaining -= count
-    return digest.digest()
+    return VerifiedCheckpoint(path, header, payload_offset, payload_length, size, preloaded)
 
 
 def read_header(file: BinaryIO, path: str) -> dict:

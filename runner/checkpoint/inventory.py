@@ -91,8 +91,11 @@ def examine_all(path: str, run_id: object = ANY_RUN) -> list[CheckpointStatus]:
 
 
 @contextlib.contextmanager
-def open_newest_valid(path: str, run_id: str | None, trust: bool) -> Iterator[OpenCheckpoint | None]:
+def open_newest_valid(path: str, run_id: str | None, trust: bool, preload: fileformat.PreloadPlanner | None = None
+                      ) -> Iterator[OpenCheckpoint | None]:
     """Yield the newest valid checkpoint of ``path``, open; or None when ``path`` has no checkpoints at all.
+
+    ``preload`` goes to ``fileformat.verify``, to read parts of the checkpoint in the pass that checks it.
 
     Log a WARNING for each newer checkpoint skipped and why. When none is valid, raise NoValidCheckpointError
     listing every checkpoint with its problem. Unless ``trust``, raise UntrustedCheckpointError for a checkpoint
@@ -111,7 +114,7 @@ def open_newest_valid(path: str, run_id: str | None, trust: bool) -> Iterator[Op
         with file:
             if not trust:
                 check_trusted(candidate, os.fstat(file.fileno()))
-            status, verified = _check(file, candidate, number, run_id)
+            status, verified = _check(file, candidate, number, run_id, preload)
             if verified is None or not status.valid:
                 skipped.append(_skip(status))
                 continue
@@ -123,12 +126,13 @@ def open_newest_valid(path: str, run_id: str | None, trust: bool) -> Iterator[Op
     yield None
 
 
-def _check(file: BinaryIO, path: str, number: int | None, run_id: object
+def _check(file: BinaryIO, path: str, number: int | None, run_id: object,
+           preload: fileformat.PreloadPlanner | None = None
            ) -> tuple[CheckpointStatus, fileformat.VerifiedCheckpoint | None]:
     file_stat = os.fstat(file.fileno())
     untrusted = untrusted_reason(file_stat)
     try:
-        verified = fileformat.verify(file, path)
+        verified = fileformat.verify(file, path, preload)
     except (CorruptCheckpointError, OSError) as error:
         problem = _reason(error, path) if isinstance(error, CorruptCheckpointError) else f"cannot be read: {error}"
         return CheckpointStatus(path, number, file_stat.st_size, None, problem, untrusted, file_stat.st_mtime), None

@@ -14,6 +14,7 @@ import torch
 from runner.checkpoint import fileformat, locate, objectpath, rng
 from runner.checkpoint.exclusion import Exclusion, plan_exclusion, restore_excluded
 from runner.checkpoint.pickling import LoadContext, SaveContext, loading, pickle_module, saving
+from runner.checkpoint.preload import PreloadedStorages
 from runner.checkpoint.unique import Registry, report_rebuilt
 from runner.errors import CheckpointSaveError
 
@@ -28,7 +29,7 @@ def write_checkpoint(file: IO[bytes], strategy: Any, exp_counter: int, header: d
     writer = fileformat.HashingWriter(file)
     fileformat.write_header(writer, header)
     payload_offset = writer.bytes_written
-    with saving(SaveContext(exclusion)):
+    with saving(SaveContext(exclusion)), _without_zip_crc32():
         try:
             torch.save(payload, writer, pickle_module=pickle_module)
         except Exception as error:  # whatever a __reduce__ raises; explained by unpicklable_error
@@ -79,10 +80,28 @@ def _can_exclude(strategy: Any, path: str) -> bool:
     return True
 
 
-def read_payload(file: IO[bytes], map_location: Any, registry: Registry | None) -> dict:
-    """Unpickle the payload in ``file``, which the caller verified; ``map_location`` was checked by the caller."""
+def _without_zip_crc32() -> Any:
+    """Return a context in which torch.save skips the CRC-32 of each zip record, in this thread only.
+
+    The checksum of the whole file already covers every byte, and the CRC-32 would cost a second pass over the
+    tensors. ``torch.load`` does not check the CRC-32 fields; other zip tools report them as wrong.
+    """
+    from torch.utils.serialization import config
+
+    return config.patch({"save.compute_crc32": False})
+
+
+def read_payload(file: IO[bytes], map_location: Any, registry: Registry | None,
+                 preloaded: PreloadedStorages | None = None) -> dict:
+    """Unpickle the payload in ``file``, which the caller verified; ``map_location`` was checked by the caller.
+
+    ``preloaded`` holds storages read while the file was verified, which then are not read again.
+    """
     with loading(LoadContext(map_location=map_location, unique_objects=registry)):
-        payload = torch.load(file, map_location=map_location, pickle_module=pickle_module, weights_only=False)
+        if preloaded is not None:
+            payload = preloaded.load(file, map_location, pickle_module)
+        else:
+            payload = torch.load(file, map_location=map_location, pickle_module=pickle_module, weights_only=False)
     if registry is not None:
         report_rebuilt(registry)
     return payload
