@@ -26,21 +26,21 @@ TRAINING_SCRIPT = textwrap.dedent("""
     class Dataset:
         built = 0
 
-        def __init__(self, size, seed):
+        def __init__(self, size, seed, transform=None):
             type(self).built += 1
-            self.size, self.seed = size, seed
+            self.size, self.seed, self.transform = size, seed, transform
             self.data = torch.randn(size, 3, generator=torch.Generator().manual_seed(seed))
 
 
     @dill.register(Dataset)
     def save_dataset(pickler, obj):
         runner.constructor_based_serialization(pickler, obj, Dataset, deduplicate=True, args=[obj.size],
-                                               kwargs={"seed": obj.seed})
+                                               kwargs={"seed": obj.seed, "transform": obj.transform})
 
 
     class Benchmark:
         def __init__(self):
-            self.train_stream = [Dataset(200, 1), Dataset(300, 2)]
+            self.train_stream = [Dataset(200, 1), Dataset(300, 2, transform=lambda rows: rows * 2)]
             self.classes = {"a", "b", "c"}
 
 
@@ -50,7 +50,15 @@ TRAINING_SCRIPT = textwrap.dedent("""
             self.scale = lambda value: value * 3
 
 
-    class Strategy:
+    class BaseStrategy:
+        def describe(self):
+            return "base"
+
+
+    class Strategy(BaseStrategy):
+        def describe(self):
+            return "strategy of " + super().describe()
+
         def __init__(self, benchmark):
             self.model = torch.nn.Linear(3, 2)
             self.device = torch.device("cuda:1")
@@ -99,6 +107,8 @@ TRAINING_SCRIPT = textwrap.dedent("""
             "strategy_class_is_main": type(loaded) is Strategy,
             "plugin_class_is_main": type(loaded.plugins[0]) is Plugin,
             "lambda": loaded.plugins[0].scale(2),
+            "method": loaded.describe(),
+            "dataset_transform": loaded.dataset.transform(5),
             "device": str(loaded.device),
             "dataset_reused": loaded.dataset is benchmark.train_stream[1],
             "datasets_built_on_load": Dataset.built - built,
@@ -128,6 +138,7 @@ OTHER_SCRIPT = textwrap.dedent("""
         "counter": counter,
         "strategy_class": type(loaded).__qualname__,
         "lambda": loaded.plugins[0].scale(5),
+        "method": loaded.describe(),
         "dataset_rows": loaded.dataset.data.shape[0],
         "device": str(loaded.device),
     }))
@@ -158,6 +169,8 @@ def test_fresh_process_restores_everything(tmp_path, python, python_env, saved, 
     assert outcome["strategy_class_is_main"]
     assert outcome["plugin_class_is_main"]
     assert outcome["lambda"] == 6
+    assert outcome["method"] == "strategy of base"
+    assert outcome["dataset_transform"] == 10
     assert outcome["device"] == "cpu"
     assert outcome["dataset_reused"]
     assert outcome["datasets_built_on_load"] == 0
@@ -171,5 +184,5 @@ def test_other_script_loads_classes_by_value(tmp_path, python, python_env, saved
 
     outcome = json.loads(run(python, python_env, other, tmp_path / "checkpoint.pkl", hash_seed="3"))
 
-    assert outcome == {"counter": 1, "strategy_class": "Strategy", "lambda": 15, "dataset_rows": 300,
-                       "device": "cpu"}
+    assert outcome == {"counter": 1, "strategy_class": "Strategy", "lambda": 15, "method": "strategy of base",
+                       "dataset_rows": 300, "device": "cpu"}

@@ -138,7 +138,7 @@ def test_unique_objects_without_candidates_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="runner"):
         runner.maybe_load_checkpoint(Strategy(), path, unique_objects=[torch.zeros(3), "text"])
 
-    assert "unique_objects holds no object" in caplog.text
+    assert "unique_objects contains no object" in caplog.text
 
 
 def test_key_ignores_set_and_dict_order():
@@ -193,6 +193,30 @@ class HoldsGenerator:
 @dill.register(HoldsGenerator)
 def _save_holds_generator(pickler, obj):
     runner.constructor_based_serialization(pickler, obj, HoldsGenerator, deduplicate=True, args=[obj.source])
+
+
+class Transformed:
+    def __init__(self, transform):
+        self.transform = transform
+
+
+@dill.register(Transformed)
+def _save_transformed(pickler, obj):
+    runner.constructor_based_serialization(pickler, obj, Transformed, deduplicate=True, args=[obj.transform])
+
+
+# The lambda is pickled by value with this module's namespace, which in turn contains the data set.
+TRANSFORMED = Transformed(lambda rows: rows * 2)
+
+
+def test_lambda_argument_keyed_and_reused(tmp_path):
+    path = tmp_path / "checkpoint.pkl"
+    saved_strategy(path, TRANSFORMED)
+
+    loaded, _ = runner.maybe_load_checkpoint(Strategy(), path, unique_objects=TRANSFORMED)
+
+    assert loaded.dataset is TRANSFORMED
+    assert object_key(Transformed, (TRANSFORMED.transform,), {}) == object_key(Transformed, (TRANSFORMED.transform,), {})
 
 
 def test_unkeyable_arguments_fail_save_naming_argument(tmp_path):

@@ -89,7 +89,8 @@ def maybe_load_checkpoint(
     very object after loading, not a copy. The random state is restored last.
 
     ``fname`` may also be a binary file object: the checkpoint is read from its position to its end, with the
-    same checks but no lock and no fallback; an empty rest of the stream means no checkpoint.
+    same integrity and trust checks but no lock, fallback or run id check. An empty rest of the stream means no
+    checkpoint, so seek back to where the checkpoint starts before loading one just written.
 
     Every checkpoint is checked (size, commit record, SHA-256, run id) before anything is unpickled. A newer
     checkpoint that fails the check is skipped with a WARNING, and an older kept one (``fname.<n>``) is loaded.

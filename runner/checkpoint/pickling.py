@@ -36,14 +36,14 @@ _DILL_SAVERS = dict(dill.Pickler.dispatch)
 
 @dataclass
 class SaveContext:
-    """What the pickler needs to know about one save beyond the object itself."""
+    """Settings of one save that the pickler reads, beyond the object itself."""
 
     exclusion: Exclusion = field(default_factory=Exclusion)
 
 
 @dataclass
 class LoadContext:
-    """What the unpickler needs to know about one load."""
+    """Settings of one load that the unpickler reads."""
 
     map_location: Any = None
     unique_objects: Any = None
@@ -131,6 +131,8 @@ class Pickler(dill.Pickler):
             if _is_main_class(obj) and id(obj) not in self._classes_by_value:
                 return main_class, (obj.__qualname__, _ByValue(obj))
             return importable_name(obj) or NotImplemented
+        if _has_user_reducer(obj):
+            return NotImplemented
         excluded = self._context.exclusion.names_for(obj)
         if excluded:
             return reduce_without(obj, excluded, self.proto)
@@ -150,10 +152,13 @@ class Pickler(dill.Pickler):
         self.memo[id(retired)] = self.memo.pop(id(cls))
 
 
-def _reject_process_resources(obj: Any) -> None:
+def _has_user_reducer(obj: Any) -> bool:
+    """Tell whether a reducer registered with ``dill.register``, not one of dill's own, saves ``obj``."""
     saver = dill.Pickler.dispatch.get(type(obj))
-    if saver is not None and saver is not _DILL_SAVERS.get(type(obj)):  # the user registered a reducer
-        return
+    return saver is not None and saver is not _DILL_SAVERS.get(type(obj))
+
+
+def _reject_process_resources(obj: Any) -> None:
     if isinstance(obj, io.IOBase) and not isinstance(obj, _IN_MEMORY_STREAMS) and not _is_standard_stream(obj):
         raise pickle.PicklingError(
             f"cannot pickle the open file {getattr(obj, 'name', obj)!r}: a checkpoint would reopen it on load")

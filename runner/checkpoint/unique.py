@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -61,7 +62,7 @@ def constructor_based_serialization(
         raise TypeError(f"constructor_based_serialization got a {type(obj).__qualname__} to save as a "
                         f"{cls.__qualname__}: pass the class of the object, or a base class of it")
     args, kwargs = _checked_arguments(cls, args, kwargs)
-    if deduplicate:
+    if deduplicate and not isinstance(pickler, _KeyPickler):  # a key pickler writes the arguments into its key
         key = object_key(cls, args, kwargs)  # fails here, at save time, when the arguments cannot be keyed
         if isinstance(pickler, RegisteringPickler):
             pickler.registry.add(key, obj)
@@ -141,10 +142,15 @@ class _KeyPickler(Pickler):
             return tuple, (_tensor_record(obj),)
         if isinstance(obj, (set, frozenset)):
             return frozenset, (tuple(sorted(obj, key=_canonical_bytes)),)
-        if type(obj) is dict:
+        if type(obj) is dict and not _is_module_namespace(obj):  # dill stores a module's namespace by name
             items = sorted(obj.items(), key=lambda pair: _canonical_bytes(pair[0]))
             return dict, (), None, None, iter(items)
         return super().reducer_override(obj)
+
+
+def _is_module_namespace(mapping: dict) -> bool:
+    module = sys.modules.get(mapping.get("__name__")) if isinstance(mapping.get("__name__"), str) else None
+    return module is not None and vars(module) is mapping
 
 
 @dataclass
@@ -192,7 +198,7 @@ class RegisteringPickler(Pickler):
             super().save(obj, save_persistent_id)
         except UnkeyableArgumentsError:
             raise
-        except Exception as error:  # a part that cannot be pickled holds no object that a save could reuse
+        except Exception as error:  # a part that cannot be pickled contains no object that a save could reuse
             self.skipped += 1
             logger.debug("skipped a %s while looking for unique objects: %s", type(obj).__qualname__, error)
 
@@ -203,7 +209,7 @@ def register_unique_objects(unique_objects: Any) -> Registry:
     RegisteringPickler(registry).dump(unique_objects)
     if not registry.objects:
         logger.warning(
-            "unique_objects holds no object whose dill reducer calls constructor_based_serialization(..., "
+            "unique_objects contains no object whose dill reducer calls constructor_based_serialization(..., "
             "deduplicate=True), so nothing can be reused and every such object in the checkpoint is rebuilt")
     return registry
 
