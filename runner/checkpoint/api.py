@@ -12,8 +12,9 @@ import dill
 import torch
 
 from runner import __version__
+from runner.checkpoint import background as background_saves
 from runner.checkpoint import fileformat, inventory, locks, preload, serialization, settings, store, streams
-from runner.checkpoint.exclusion import plan_exclusion
+from runner.checkpoint.exclusion import Exclusion, plan_exclusion
 from runner.checkpoint.pickling import check_map_location
 from runner.checkpoint.unique import Registry, register_unique_objects
 from runner.errors import CheckpointError, CorruptCheckpointError, NoValidCheckpointError
@@ -33,6 +34,7 @@ def save_checkpoint(
     keep: int | None = None,
     run_id: str | None = None,
     lock: str | None = None,
+    background: bool = False,
 ) -> None:
     """Save ``strategy`` and the random state to ``fname`` atomically, under a lock beside it.
 
@@ -40,13 +42,19 @@ def save_checkpoint(
     in the same format, but without lock, atomic rename or fallback checkpoints. ``exclude`` names attributes to
     leave out, as object paths relative to the strategy (``"optimizer"``, ``"plugins[2].iterator"``); a name that
     is not an attribute raises ValueError. State that cannot be pickled raises CheckpointSaveError naming where it
-    sits. ``exp_counter`` is the index of the next experience
-    to train; by default it is read from ``strategy.clock.train_exp_counter`` (Avalanche) or ``strategy.exp_counter``.
+    sits. ``exp_counter`` is the index of the next experience to train; by default it is read from
+    ``strategy.clock.train_exp_counter`` (Avalanche) or ``strategy.exp_counter``.
     ``keep`` is how many committed checkpoints to keep, the newest included: older ones stay beside ``fname`` as
     ``fname.<n>``, fallbacks for a damaged newest one (default ``RUNNER_KEEP_CHECKPOINTS``, else 2). ``run_id``
     (default ``RUNNER_RUN_ID``, else none) marks the checkpoint as this run's; a save never replaces another run's
     checkpoint. ``lock`` is ``"flock"`` (default ``RUNNER_LOCK``, else flock) or ``"soft"`` for filesystems without
     working flock, such as NFS mounted with ``nolock``.
+
+    With ``background=True`` the call returns once the state is copied to host memory, and a worker thread
+    writes and commits the checkpoint while training goes on (``runner.checkpoint.background``). Every save
+    first waits for the background save in flight and raises its error if it failed; so does
+    ``runner.wait_for_saves()``, and a preempted job waits for it before it requeues. A background save keeps a
+    host buffer as large as the checkpoint for the next one, and needs a path, not a file object.
     """
     keep = settings.resolve_keep(keep)
     run_id = settings.resolve_run_id(run_id)
@@ -54,6 +62,13 @@ def save_checkpoint(
     exclusion = plan_exclusion(strategy, exclude)
     header = {**_header(counter, list(exclusion.paths)), "run_id": run_id}
     name = streams.stream_name(fname) if streams.is_stream(fname) else os.fspath(fname)
+    if background:
+        if streams.is_stream(fname):
+            raise ValueError(f"background=True needs a checkpoint path, not the file object {name}: pass a path, "
+                             "or save without background")
+        _save_in_background(strategy, name, counter, header, exclusion, keep, run_id, lock, lock_timeout_s)
+        return
+    background_saves.saver().wait()  # saves commit in the order they were made
 
     def write(file: IO[bytes]) -> None:
         serialization.write_checkpoint(file, strategy, counter, header, exclusion, name)
@@ -63,6 +78,21 @@ def save_checkpoint(
     else:
         store.save_file(name, write, keep=keep, run_id=run_id, lock_kind=lock, lock_timeout_s=lock_timeout_s)
     logger.info("saved checkpoint %s (next experience %d)", name, counter)
+
+
+def _save_in_background(strategy: Any, name: str, counter: int, header: dict, exclusion: Exclusion, keep: int,
+                        run_id: str | None, lock: str | None, lock_timeout_s: float) -> None:
+    def take_snapshot(snapshot: background_saves.Snapshot) -> None:
+        serialization.pickle_payload(snapshot, strategy, counter, exclusion, name)
+
+    def commit(snapshot: background_saves.Snapshot) -> None:
+        def write(file: IO[bytes]) -> None:
+            serialization.write_snapshot(file, header, snapshot.chunks())
+
+        store.save_file(name, write, keep=keep, run_id=run_id, lock_kind=lock, lock_timeout_s=lock_timeout_s)
+        logger.info("saved checkpoint %s in the background (next experience %d)", name, counter)
+
+    background_saves.saver().start(name, commit, take_snapshot)
 
 
 def maybe_load_checkpoint(

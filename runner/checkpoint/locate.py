@@ -24,7 +24,7 @@ _MODULE_STORES = ("_modules", "_parameters", "_buffers")
 
 @dataclass(frozen=True)
 class Label:
-    """A step that no object path can express, such as a closure variable; printed as is."""
+    """A step that no object path can express, such as a closure variable, printed as is."""
 
     text: str
 
@@ -64,7 +64,7 @@ def pickling_error(obj: Any) -> BaseException | None:
     """Return the error pickling ``obj`` alone raises, or None when it pickles."""
     try:
         _TrialPickler(DiscardingSink(), _PROTOCOL).dump(obj)
-    except Exception as error:  # every failure counts: user reducers raise anything
+    except Exception as error:  # user reducers may raise any exception, and each one means a failure
         return error
     return None
 
@@ -129,7 +129,7 @@ def _function_children(function: types.FunctionType) -> Iterator[tuple[Label, An
 def _reduced_children(obj: Any, excluded: frozenset[str]) -> Iterator[tuple[objectpath.Step | Label, Any]]:
     try:
         reduced = obj.__reduce_ex__(_PROTOCOL)
-    except Exception:  # the object refuses to reduce: it is the one that fails
+    except Exception:  # the object raises when reduced, so it is the one that fails
         return
     if isinstance(reduced, str):
         return
