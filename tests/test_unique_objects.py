@@ -216,7 +216,8 @@ def test_lambda_argument_keyed_and_reused(tmp_path):
     loaded, _ = runner.maybe_load_checkpoint(Strategy(), path, unique_objects=TRANSFORMED)
 
     assert loaded.dataset is TRANSFORMED
-    assert object_key(Transformed, (TRANSFORMED.transform,), {}) == object_key(Transformed, (TRANSFORMED.transform,), {})
+    key = object_key(Transformed, (TRANSFORMED.transform,), {})
+    assert key == object_key(Transformed, (TRANSFORMED.transform,), {})
 
 
 def test_unkeyable_arguments_fail_save_naming_argument(tmp_path):

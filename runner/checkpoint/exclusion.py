@@ -1,7 +1,7 @@
 """``exclude``: attributes a checkpoint leaves out and that the loaded strategy takes from the live one.
 
 An excluded name is an object path such as ``optimizer`` or ``plugins[2].iterator``: the last step names an
-attribute, and the steps before it lead from the strategy to the object that holds the attribute.
+attribute, and the steps before it lead from the strategy to the object that has the attribute.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Exclusion:
 
     paths: tuple[str, ...] = ()
     by_holder: dict[int, tuple[Any, frozenset[str]]] = field(default_factory=dict)
-    """For each object that holds excluded attributes: its id, mapped to the object and those attribute names."""
+    """The id of each object with excluded attributes, mapped to the object and the names of those attributes."""
 
     def names_for(self, obj: Any) -> frozenset[str] | None:
         entry = self.by_holder.get(id(obj))

@@ -92,12 +92,12 @@ def _set_cuda_states(states: list[bytes] | None) -> None:
             logger.warning("the checkpoint was saved without CUDA, so the CUDA random generators keep their state")
         return
     if not torch.cuda.is_available():
-        logger.warning("the checkpoint holds the random state of %d CUDA devices, but CUDA is not available here; "
+        logger.warning("the checkpoint contains the random state of %d CUDA devices, but CUDA is not available here; "
                        "it is not restored", len(states))
         return
     count = torch.cuda.device_count()
     if len(states) != count:
-        logger.warning("the checkpoint holds the random state of %d CUDA devices and this process sees %d; "
+        logger.warning("the checkpoint contains the random state of %d CUDA devices and this process sees %d; "
                        "restoring the first %d", len(states), count, min(count, len(states)))
     for index, state in enumerate(states[:count]):
         torch.cuda.set_rng_state(_byte_tensor(state), index)
@@ -125,7 +125,7 @@ def restore(states: dict[str, Any]) -> None:
     generators = {**_builtin_generators(), **_generators}
     for name, state in states.items():
         if name not in generators:
-            logger.warning("the checkpoint holds the state of random generator %r, which this process has not "
+            logger.warning("the checkpoint contains the state of random generator %r, which this process has not "
                            "registered; register it before maybe_load_checkpoint to restore it", name)
             continue
         try:
@@ -134,7 +134,7 @@ def restore(states: dict[str, Any]) -> None:
             raise ValueError(f"restoring the state of random generator {name!r} failed: "
                              f"{type(error).__name__}: {error}") from error
     for name in generators.keys() - states.keys():
-        logger.warning("the checkpoint holds no state for random generator %r, so it keeps its current state", name)
+        logger.warning("the checkpoint contains no state for random generator %r, so it keeps its current state", name)
 
 
 def _upgraded(name: str, state: Any) -> Any:

@@ -93,7 +93,7 @@ def _without_zip_crc32() -> Any:
 
 def read_payload(file: IO[bytes], map_location: Any, registry: Registry | None,
                  preloaded: PreloadedStorages | None = None) -> dict:
-    """Unpickle the payload in ``file``, which the caller verified; ``map_location`` was checked by the caller.
+    """Unpickle the payload in ``file``, already verified, with a ``map_location`` that check_map_location passed.
 
     ``preloaded`` holds storages read while the file was verified, which then are not read again.
     """

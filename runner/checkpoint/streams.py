@@ -76,7 +76,7 @@ def open_stream(stream: IO[bytes], trust: bool) -> tuple[IO[bytes], fileformat.V
 def _check_owner(stream: IO[bytes], name: str) -> None:
     try:
         descriptor = stream.fileno()
-    except (OSError, AttributeError, ValueError):  # io.BytesIO and friends: bytes the caller holds
+    except (OSError, AttributeError, ValueError):  # an in-memory stream such as io.BytesIO: the caller has the bytes
         return
     check_trusted(name, os.fstat(descriptor))
 
