@@ -19,6 +19,7 @@ _LAZY = {
     "register_generator": "runner.checkpoint",
     "save_checkpoint": "runner.checkpoint",
     "unregister_generator": "runner.checkpoint",
+    "wait_for_saves": "runner.checkpoint",
 }
 
 __all__ = ["__version__", "Job", "JobEnvironment", "PreemptionWatcher", *_LAZY]

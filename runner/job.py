@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Iterable, NoReturn
 
 from runner.environment import JobEnvironment
+from runner.pending_saves import wait_for_pending_saves
 from runner.preemption import PreemptionWatcher
 from runner.requeue import RequeuePolicy, requeue_after_stop
 
@@ -57,6 +58,7 @@ class Job:
         """Ask the scheduler to requeue this saved job unless the policy forbids it, and return the exit status:
         75 when the scheduler accepted, 76 when it could not be asked, 77 when the policy refused."""
         self.watcher.ignore_further()
+        wait_for_pending_saves()  # a background save must commit before the scheduler restarts the job
         return requeue_after_stop(self.env, self.watcher.first, self.policy)
 
 

@@ -1,6 +1,7 @@
 """Checkpoints: atomic, locked, verified files holding a whole strategy and the random state."""
 
 from runner.checkpoint.api import maybe_load_checkpoint, save_checkpoint
+from runner.checkpoint.background import wait_for_saves
 from runner.checkpoint.rng import register_generator, unregister_generator
 from runner.checkpoint.unique import constructor_based_serialization
 
@@ -10,4 +11,5 @@ __all__ = [
     "register_generator",
     "save_checkpoint",
     "unregister_generator",
+    "wait_for_saves",
 ]

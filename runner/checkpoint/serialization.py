@@ -7,7 +7,7 @@ while unpickling (a constructor drawing random numbers, say) changes the restore
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO, Any, Iterable
 
 import torch
 
@@ -25,15 +25,33 @@ def write_checkpoint(file: IO[bytes], strategy: Any, exp_counter: int, header: d
 
     Raise CheckpointSaveError naming the object that cannot be pickled, such as ``strategy.plugins[2].iterator``.
     """
-    payload = {"strategy": strategy, "rng": rng.capture(), "exp_counter": exp_counter}
     writer = fileformat.HashingWriter(file)
     fileformat.write_header(writer, header)
     payload_offset = writer.bytes_written
+    pickle_payload(writer, strategy, exp_counter, exclusion, name)
+    fileformat.write_commit(writer, payload_offset)
+
+
+def pickle_payload(target: IO[bytes], strategy: Any, exp_counter: int, exclusion: Exclusion, name: str) -> None:
+    """Write the ``torch.save`` payload of ``strategy`` and the random state to ``target``.
+
+    Raise CheckpointSaveError naming the object that cannot be pickled.
+    """
+    payload = {"strategy": strategy, "rng": rng.capture(), "exp_counter": exp_counter}
     with saving(SaveContext(exclusion)), _without_zip_crc32():
         try:
-            torch.save(payload, writer, pickle_module=pickle_module)
+            torch.save(payload, target, pickle_module=pickle_module)
         except Exception as error:  # whatever a __reduce__ raises; explained by unpicklable_error
             raise unpicklable_error(payload, exclusion, error, name) from error
+
+
+def write_snapshot(file: IO[bytes], header: dict, payload_chunks: Iterable[memoryview]) -> None:
+    """Write a whole checkpoint to ``file`` from a payload that ``pickle_payload`` wrote to memory before."""
+    writer = fileformat.HashingWriter(file)
+    fileformat.write_header(writer, header)
+    payload_offset = writer.bytes_written
+    for chunk in payload_chunks:
+        writer.write(chunk)
     fileformat.write_commit(writer, payload_offset)
 
 

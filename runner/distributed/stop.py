@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from runner import exitcodes
 from runner.errors import CheckpointSaveError
+from runner.pending_saves import wait_for_pending_saves
 
 if TYPE_CHECKING:
     from runner.job import Job
@@ -76,6 +77,7 @@ def _save_on_rank_zero(rank: int, save: Callable[[], None] | None) -> BaseExcept
         return None
     try:
         save()
+        wait_for_pending_saves()  # a background save counts as done only once it has committed
     except BaseException as error:  # re-raised by the caller once the other ranks know
         return error
     return None

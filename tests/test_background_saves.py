@@ -1,0 +1,245 @@
+"""Background saves: a snapshot taken at the call, commits in order, errors raised later, waited for on preemption."""
+
+import io
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+
+import runner
+from runner.checkpoint import background, fileformat
+from runner.errors import CheckpointError, CheckpointSaveError
+
+
+class State:
+    def __init__(self, value: float = 0.0, numel: int = 1 << 20):
+        self.weights = torch.full((numel,), value)
+        self.notes = {"value": value}
+        self.exp_counter = int(value)
+
+
+@pytest.fixture(autouse=True)
+def no_save_in_flight():
+    yield
+    try:
+        runner.wait_for_saves()
+    except CheckpointError:
+        pass
+
+
+def unwritable(tmp_path):
+    """Return a checkpoint path whose folder is a regular file, where every save fails, even as root."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    return blocker / "checkpoint.pkl"
+
+
+def counter_in(path) -> int:
+    with open(path, "rb") as file:
+        return fileformat.verify(file, str(path)).header["exp_counter"]
+
+
+def test_background_round_trip(tmp_path):
+    path = tmp_path / "checkpoint.pkl"
+
+    runner.save_checkpoint(State(3.0), path, background=True)
+    runner.wait_for_saves()
+    loaded, counter = runner.maybe_load_checkpoint(State(), path)
+
+    assert counter == 3
+    assert torch.all(loaded.weights == 3.0)
+
+
+def test_training_after_call_not_saved(tmp_path):
+    path = tmp_path / "checkpoint.pkl"
+    state = State(1.0)
+
+    runner.save_checkpoint(state, path, background=True)
+    state.weights.fill_(99.0)  # in place, as an optimizer step changes parameters
+    state.notes["value"] = 99.0
+    runner.wait_for_saves()
+    loaded, _ = runner.maybe_load_checkpoint(State(), path)
+
+    assert torch.all(loaded.weights == 1.0)
+    assert loaded.notes == {"value": 1.0}
+
+
+def test_saves_commit_in_call_order(tmp_path):
+    path = tmp_path / "checkpoint.pkl"
+
+    for value in (1.0, 2.0, 3.0):
+        runner.save_checkpoint(State(value), path, background=True)
+    runner.save_checkpoint(State(4.0), path)  # a synchronous save waits for the one in flight
+
+    assert counter_in(path) == 4
+    assert counter_in(f"{path}.3") == 3
+
+
+def test_call_returns_before_commit(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pkl"
+    release = threading.Event()
+    real_save_file = background_module_store().save_file
+
+    def held_save_file(*args, **kwargs):
+        assert release.wait(timeout=60)
+        real_save_file(*args, **kwargs)
+
+    monkeypatch.setattr(background_module_store(), "save_file", held_save_file)
+
+    runner.save_checkpoint(State(5.0), path, background=True)
+    exists_before_commit = path.exists()
+    release.set()
+    runner.wait_for_saves()
+
+    assert not exists_before_commit
+    assert counter_in(path) == 5
+
+
+def test_failed_save_raised_by_next_save(tmp_path):
+    path = tmp_path / "checkpoint.pkl"
+    runner.save_checkpoint(State(1.0), unwritable(tmp_path), background=True)
+
+    with pytest.raises(CheckpointError, match="not-a-folder"):
+        runner.save_checkpoint(State(2.0), path, background=True)
+
+    assert not path.exists()  # the failing call started no save
+    runner.save_checkpoint(State(2.0), path, background=True)
+    runner.wait_for_saves()
+    assert counter_in(path) == 2
+
+
+def test_failed_save_raised_by_wait(tmp_path):
+    runner.save_checkpoint(State(1.0), unwritable(tmp_path), background=True)
+
+    with pytest.raises(CheckpointError, match="not-a-folder"):
+        runner.wait_for_saves()
+
+    runner.wait_for_saves()  # the error is raised once
+
+
+def test_failed_save_raised_by_synchronous_save(tmp_path):
+    runner.save_checkpoint(State(1.0), unwritable(tmp_path), background=True)
+
+    with pytest.raises(CheckpointError, match="not-a-folder"):
+        runner.save_checkpoint(State(2.0), tmp_path / "checkpoint.pkl")
+
+
+def test_unpicklable_state_raised_at_call(tmp_path):
+    state = State(1.0)
+    state.lock = threading.Lock()
+
+    with pytest.raises(CheckpointSaveError, match="lock"):
+        runner.save_checkpoint(state, tmp_path / "checkpoint.pkl", background=True)
+
+    runner.wait_for_saves()
+    assert not (tmp_path / "checkpoint.pkl").exists()
+
+
+def test_stream_rejected():
+    with pytest.raises(ValueError, match="needs a checkpoint path"):
+        runner.save_checkpoint(State(1.0), io.BytesIO(), background=True)
+
+
+def test_snapshot_blocks_reused():
+    snapshot = background.Snapshot()
+    data = bytes(range(256)) * (background.BLOCK_BYTES // 256 + 1000)
+
+    snapshot.write(data)
+    blocks = [chunk.obj for chunk in snapshot.chunks()]
+    snapshot.reset()
+    snapshot.write(data[:1000])
+
+    assert len(blocks) == 2
+    assert b"".join(snapshot.chunks()) == data[:1000]
+    assert snapshot.chunks()[0].obj is blocks[0]
+
+
+PREEMPTED_JOB = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    import runner
+    import runner.job
+
+    trace = os.environ["RUNNER_TEST_TRACE"]
+    real_requeue = runner.job.requeue_after_stop
+
+    def traced_requeue(*args):
+        with open(trace, "a") as file:
+            file.write(f"{os.getpid()} requeue\\n")
+        return real_requeue(*args)
+
+    runner.job.requeue_after_stop = traced_requeue
+    job = runner.Job()
+
+    class State:
+        pass
+
+    state = State()
+    state.weights = torch.ones(16 << 20)  # 64 MiB: the write takes longer than the stop
+    state.exp_counter = 7
+    runner.save_checkpoint(state, sys.argv[1], background=True)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    job.stop_if_preempted()
+""")
+
+
+def run_preempted_job(tmp_path, python, python_env, checkpoint):
+    trace = tmp_path / "trace"
+    python_env["RUNNER_TEST_TRACE"] = str(trace)
+    result = subprocess.run([python, "-c", PREEMPTED_JOB, str(checkpoint)], env=python_env, capture_output=True,
+                            text=True, timeout=120)
+    steps = [line.split()[1] for line in trace.read_text().splitlines()] if trace.exists() else []
+    return result, steps
+
+
+def test_preemption_waits_for_commit(tmp_path, python, python_env):
+    checkpoint = tmp_path / "checkpoint.pkl"
+
+    result, steps = run_preempted_job(tmp_path, python, python_env, checkpoint)
+
+    assert result.returncode == 76, result.stderr  # saved, but no scheduler to ask for a requeue
+    assert "requeue" in steps
+    assert "folder-fsynced" in steps
+    assert steps.index("folder-fsynced") < steps.index("requeue")
+    assert counter_in(checkpoint) == 7
+
+
+def test_preemption_raises_failed_save(tmp_path, python, python_env):
+    checkpoint = unwritable(tmp_path)
+
+    result, steps = run_preempted_job(tmp_path, python, python_env, checkpoint)
+
+    assert result.returncode == 1
+    assert "CheckpointError" in result.stderr
+    assert "requeue" not in steps
+
+
+def test_uncollected_error_logged_at_exit(tmp_path, python, python_env):
+    script = textwrap.dedent("""
+        import logging, sys
+        import torch
+        import runner
+
+        logging.basicConfig(level=logging.INFO)
+
+        class State:
+            exp_counter = 1
+
+        runner.save_checkpoint(State(), sys.argv[1], background=True)
+    """)
+
+    result = subprocess.run([python, "-c", script, str(unwritable(tmp_path))], env=python_env,
+                            capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0
+    assert "ERROR" in result.stderr
+    assert "nothing waited for it" in result.stderr
+
+
+def background_module_store():
+    from runner.checkpoint import api
+
+    return api.store
