@@ -57,25 +57,24 @@ def requeue_after_stop(env: JobEnvironment, record: SignalRecord | None, policy:
     """Requeue a job that has saved and stops, unless the policy forbids it; log why, and return its exit status.
 
     75 (REQUEUED): the scheduler will run it again. 76 (REQUEUE_FAILED): the requeue could not be requested.
-    77 (REQUEUE_LIMIT): the policy kept it from running again. The job's checkpoint must be saved before.
+    77 (REQUEUE_LIMIT): the policy kept it from running again. Call it once the job's checkpoint is saved.
     """
     reason = find_stop_reason(env, record)
+    job = env.requeue_target or f"(process {os.getpid()})"
     if record is not None:
-        logger.warning("job %s stopping after %s received %.1f s ago: %s (%s)", env.requeue_target,
-                       record.signal.name, time.monotonic() - record.received_monotonic, reason.cause.value,
-                       reason.detail)
+        logger.warning("job %s stopping after %s received %.1f s ago: %s (%s)", job, record.signal.name,
+                       time.monotonic() - record.received_monotonic, reason.cause.value, reason.detail)
     else:
-        logger.warning("job %s stopping: %s (%s)", env.requeue_target, reason.cause.value, reason.detail)
+        logger.warning("job %s stopping: %s (%s)", job, reason.cause.value, reason.detail)
     refusal = _policy_refusal(env, reason, policy)
     if refusal is not None:
         logger.error("job %s will not run again: %s. The checkpoint is saved; resubmit the job to resume",
-                     env.requeue_target, refusal)
+                     job, refusal)
         if reason.requeued_by_slurm:
             _cancel_slurm_requeue(env)
         return exitcodes.REQUEUE_LIMIT
     if reason.requeued_by_slurm:
-        logger.warning("job %s: SLURM requeued it already, so runner does not call scontrol requeue",
-                       env.requeue_target)
+        logger.warning("job %s: SLURM requeued it already, so runner does not call scontrol requeue", job)
         return exitcodes.REQUEUED
     try:
         request_requeue(env)
@@ -87,10 +86,11 @@ def requeue_after_stop(env: JobEnvironment, record: SignalRecord | None, policy:
 
 def _policy_refusal(env: JobEnvironment, reason: StopReason, policy: RequeuePolicy) -> str | None:
     if policy.max_requeues is not None and env.restart_count >= policy.max_requeues:
-        return (f"it reached its maximum of {policy.max_requeues} requeues "
-                f"(SLURM_RESTART_COUNT={env.restart_count}, {MAX_REQUEUES_VAR} or Job(max_requeues=...))")
+        return (f"it reached its maximum of {policy.max_requeues} requeues (SLURM_RESTART_COUNT="
+                f"{env.restart_count}; the maximum comes from {MAX_REQUEUES_VAR} or Job(max_requeues=...))")
     if reason.cause is StopCause.TIME_LIMIT and not policy.requeue_on_time_limit:
-        return f"it reached its time limit and {REQUEUE_ON_TIME_LIMIT_VAR}=0 or Job(requeue_on_time_limit=False)"
+        return (f"it reached its time limit, and requeueing at the time limit is off ({REQUEUE_ON_TIME_LIMIT_VAR}=0 "
+                "or Job(requeue_on_time_limit=False))")
     return None
 
 

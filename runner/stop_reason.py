@@ -3,7 +3,7 @@
 The answer comes from ``scontrol show job`` read when the job stops, compared with the moment the first signal
 arrived. It works for jobs of any length, unlike a fixed share of the time limit: the time limit is near when
 the signal came at most the ``--signal`` lead plus 60 s before the job's EndTime. SLURM may send the signal up
-to 60 s earlier than the lead asks (sbatch's manual, option --signal).
+to 60 s earlier than the lead asks (sbatch(1) of SLURM 22.05, option --signal).
 """
 
 from __future__ import annotations
