@@ -3,6 +3,8 @@
 Five experiences of two digit classes each, trained with naive fine-tuning or with a small replay buffer. After
 every experience the script prints the accuracy on each experience seen so far and saves a checkpoint. Run it
 directly, under ``runner local`` or in a SLURM job: it resumes from ``WORKDIR/checkpoint.pkl`` when one exists.
+With ``--checkpoint-on-signal iteration`` a preempted job saves and stops after the iteration in progress, and
+resumes from that iteration, instead of training on to the end of the experience.
 
     python examples/split_digits.py --workdir runs/digits
     runner local --preempt-every 6 --max-preemptions 3 -- python examples/split_digits.py --workdir runs/digits
@@ -18,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import runner
 
@@ -35,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; keep it fixed across restarts so results are bitwise reproducible")
+    parser.add_argument("--checkpoint-on-signal", choices=["experience", "iteration"], default="experience",
+                        help="after a preemption signal, save and stop at the end of the experience (default) or "
+                             "after the iteration in progress")
+    parser.add_argument("--background-saves", action="store_true",
+                        help="write the checkpoint after each experience in the background while training goes on")
     return parser.parse_args(argv)
 
 
@@ -76,6 +84,8 @@ class Strategy:
     """Fine-tuning of a small MLP, optionally with a class-balanced replay buffer.
 
     ``exp_counter`` is the index of the next experience to train, which is what ``save_checkpoint`` records.
+    ``epoch``, ``batch_start`` and ``order`` (the epoch's permutation of the samples) are the position of training
+    inside that experience, so that a checkpoint taken between two iterations resumes with the next one.
     """
 
     def __init__(self, hidden: int, epochs: int, batch_size: int, replay_per_class: int):
@@ -94,21 +104,34 @@ class Strategy:
         self.buffer_y = torch.empty(0, dtype=torch.long)
         self.exp_counter = 0
         self.accuracy: list[list[float]] = []
+        self.epoch = 0
+        self.batch_start = 0
+        self.order: "torch.Tensor | None" = None
+        self.iterations = 0
+        """Iterations trained over the whole run, restarts included."""
 
-    def train(self, experience: Experience) -> None:
+    def train(self, experience: Experience, after_iteration: "Callable[[], None] | None" = None) -> None:
+        """Train on ``experience`` from the saved position on; call ``after_iteration()`` after each iteration."""
         import torch
 
         x = torch.cat([experience.train_x, self.buffer_x])
         y = torch.cat([experience.train_y, self.buffer_y])
         self.model.train()
-        for _ in range(self.epochs):
-            order = torch.randperm(len(x))
-            for start in range(0, len(x), self.batch_size):
-                batch = order[start:start + self.batch_size]
+        while self.epoch < self.epochs:
+            if self.order is None:
+                self.order = torch.randperm(len(x))
+            while self.batch_start < len(x):
+                batch = self.order[self.batch_start:self.batch_start + self.batch_size]
                 self.optimizer.zero_grad()
                 self.loss(self.model(x[batch]), y[batch]).backward()
                 self.optimizer.step()
+                self.batch_start += self.batch_size
+                self.iterations += 1
+                if after_iteration is not None:
+                    after_iteration()
+            self.epoch, self.batch_start, self.order = self.epoch + 1, 0, None
         self._update_buffer(experience)
+        self.epoch = 0
         self.exp_counter += 1
 
     def _update_buffer(self, experience: Experience) -> None:
@@ -157,19 +180,35 @@ def main(argv: list[str] | None = None) -> None:
     strategy = Strategy(args.hidden, args.epochs, args.batch_size, replay)
     strategy, start = runner.maybe_load_checkpoint(strategy, checkpoint)
     print(f"restart {job.env.restart_count}: starting at experience {start} of {len(stream)}", flush=True)
+    if strategy.epoch or strategy.batch_start:
+        print(f"resuming inside experience {start} at epoch {strategy.epoch}, batch start {strategy.batch_start}, "
+              f"after iteration {strategy.iterations}", flush=True)
+    first_iteration = strategy.iterations
+
+    def save_mid_experience() -> None:
+        print(f"preempted: saving after iteration {strategy.iterations} (experience {strategy.exp_counter}, epoch "
+              f"{strategy.epoch}); this attempt trained {strategy.iterations - first_iteration} iterations",
+              flush=True)
+        runner.save_checkpoint(strategy, checkpoint)
+
+    after_iteration = None
+    if args.checkpoint_on_signal == "iteration":
+        after_iteration = lambda: job.stop_if_preempted(save_mid_experience)  # noqa: E731
 
     for experience in stream[start:]:
         began = time.monotonic()
-        strategy.train(experience)
+        strategy.train(experience, after_iteration)
         row = strategy.evaluate(stream[: experience.index + 1])
         cells = " ".join(f"{accuracy:.3f}" for accuracy in row)
         print(f"experience {experience.index} classes {experience.classes} trained in "
               f"{time.monotonic() - began:.1f} s; accuracy on experiences 0..{experience.index}: {cells}", flush=True)
-        runner.save_checkpoint(strategy, checkpoint)
+        runner.save_checkpoint(strategy, checkpoint, background=args.background_saves)
         job.stop_if_preempted()
 
+    runner.wait_for_saves()  # raises the error of a failed background save
+    print(f"all experiences trained; this attempt trained {strategy.iterations - first_iteration} iterations", flush=True)
     result = {"accuracy": strategy.accuracy, "params_sha256": params_sha256(strategy.model),
-              "restarts": job.env.restart_count}
+              "restarts": job.env.restart_count, "iterations": strategy.iterations}
     (args.workdir / "final.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"finished: {json.dumps(result)}", flush=True)
 

@@ -19,6 +19,6 @@ def register(wait: Callable[[], None]) -> None:
 
 
 def wait_for_pending_saves() -> None:
-    """Wait until every save in flight has committed; raise the error of one that failed."""
+    """Wait until every save in flight has committed; raise the error of a save that failed."""
     for wait in list(_waits):
         wait()

@@ -22,7 +22,7 @@ from runner import pending_saves
 
 logger = logging.getLogger(__name__)
 
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 4 << 20
 
 
 class Snapshot(io.RawIOBase):

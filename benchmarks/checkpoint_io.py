@@ -1,0 +1,108 @@
+"""Save and load times of runner against the limits of the machine and against the usual practice.
+
+- durable save: ``runner.save_checkpoint`` against writing the same number of bytes with ``os.write`` and
+  ``fsync`` over an existing file of that size, which also frees the old blocks as a save's retention does;
+- verified load: ``runner.maybe_load_checkpoint`` against ``torch.load`` of the same payload bytes, copied out
+  of the checkpoint into a file of their own. Both read a file that is in the page cache (warm);
+- usual practice: ``torch.save(strategy, path, pickle_module=dill)`` straight over the file, without fsync, and
+  ``torch.load`` of that file.
+
+Large allocations get fresh pages from the kernel on every load (``mallopt``), as in a job that resumes in a new
+process. Without that, ``torch.load`` would reuse the pages that the previous turn freed and run several times
+faster than any first load.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+from pathlib import Path
+
+import dill
+import torch
+
+import runner
+from runner.checkpoint import fileformat
+from states import BenchmarkStrategy, placeholder
+from timing import in_turns, medians_s, ratio
+
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 << 10
+_MAX_WRITE_BYTES = 1 << 30
+
+
+def use_fresh_pages_for_large_allocations() -> bool:
+    """Make glibc map every allocation of 128 KiB or more anew and unmap it on free; return whether it could.
+
+    A fixed threshold stops glibc from raising it after frees, which would keep freed pages for the next turn.
+    """
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(library).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+
+
+def measure_save(strategy: BenchmarkStrategy, folder: Path, repeats: int) -> dict:
+    """Time runner's durable save against a raw write with fsync and against the usual practice."""
+    path = folder / "runner" / "checkpoint.pkl"
+    path.parent.mkdir(parents=True)
+    for _ in range(2):  # steady state: a previous checkpoint to keep and an older one to prune
+        runner.save_checkpoint(strategy, path)
+    size = path.stat().st_size
+    raw_path = folder / "raw.bin"
+    data = memoryview(bytearray(os.urandom(1 << 20)) * max(1, size >> 20))[:size]
+    _write_raw(raw_path, data)
+    usual_path = folder / "usual.pkl"
+
+    times = in_turns({
+        "runner": lambda: runner.save_checkpoint(strategy, path),
+        "raw_write_fsync": lambda: _write_raw(raw_path, data),
+        "usual_practice": lambda: torch.save(strategy, usual_path, pickle_module=dill),
+    }, repeats)
+    return {
+        "checkpoint_bytes": size,
+        "save_over_raw_write": ratio(times, "runner", "raw_write_fsync"),
+        "save_over_usual_practice": ratio(times, "runner", "usual_practice"),
+        "medians_s": medians_s(times),
+    }
+
+
+def measure_load(strategy: BenchmarkStrategy, folder: Path, repeats: int) -> dict:
+    """Time runner's verified load against ``torch.load`` of the same payload and of the usual practice's file."""
+    path = folder / "runner" / "checkpoint.pkl"
+    payload_path = folder / "payload.pt"
+    with open(path, "rb") as file:
+        verified = fileformat.verify(file, str(path))
+        file.seek(verified.payload_offset)
+        payload_path.write_bytes(file.read(verified.payload_length))
+    usual_path = folder / "usual.pkl"
+    torch.save(strategy, usual_path, pickle_module=dill)
+    start = placeholder()
+
+    times = in_turns({
+        "runner": lambda: runner.maybe_load_checkpoint(start, path),
+        "torch_load": lambda: torch.load(payload_path, pickle_module=dill, weights_only=False),
+        "usual_practice": lambda: torch.load(usual_path, pickle_module=dill, weights_only=False),
+    }, repeats, prepare=gc.collect)
+    return {
+        "load_over_torch_load": ratio(times, "runner", "torch_load"),
+        "load_over_usual_practice": ratio(times, "runner", "usual_practice"),
+        "medians_s": medians_s(times),
+    }
+
+
+def _write_raw(path: Path, data: memoryview) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:written + _MAX_WRITE_BYTES])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
