@@ -65,9 +65,9 @@ class SignalRecord:
 class PreemptionWatcher:
     """Recorder of preemption signals. Once one arrived, ``requested`` is true and the training loop stops at its next safe point.
 
-    SIGTERM is watched too, as a stop request: SLURM sends it with the preemption signal when the partition has no
-    GraceTime, and some clusters send only SIGTERM before SIGKILL, so dying from it would lose the work since the
-    last checkpoint. A handler that another library installed before on the same signal is called after runner
+    SIGTERM is watched too, as a stop request. SLURM sends it with the preemption signal when the partition has no
+    GraceTime, and some clusters send only SIGTERM before SIGKILL, so dying from it would lose the work done since
+    the last checkpoint. A handler that another library installed before on the same signal is called after runner
     records the signal, so neither is dropped. A watcher installed over another runner watcher copies the records
     that one holds, so a signal that arrived before it was installed still counts.
     """

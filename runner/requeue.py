@@ -1,7 +1,7 @@
 """Asking the job's scheduler to run it again: ``scontrol requeue`` on SLURM, a request file under ``runner local``.
 
-``requeue_after_stop`` holds the policy (requeue cap, time limit, a requeue SLURM already made) and returns the
-job's exit status; ``request_requeue`` only asks the scheduler.
+``requeue_after_stop`` applies the policy (requeue cap, time limit, a requeue SLURM already made) and returns the
+job's exit status. ``request_requeue`` only sends the request to the scheduler.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from runner.stop_reason import StopCause, StopReason, find_stop_reason
 logger = logging.getLogger(__name__)
 
 MAX_REQUEUES_VAR = "RUNNER_MAX_REQUEUES"
-"""The most requeues a job may have, compared with SLURM_RESTART_COUNT; unset means no cap."""
+"""The maximum number of requeues of a job, compared with SLURM_RESTART_COUNT; unset means no cap."""
 
 REQUEUE_ON_TIME_LIMIT_VAR = "RUNNER_REQUEUE_ON_TIME_LIMIT"
 """``0`` makes a job stopped by its time limit exit 77 instead of requeueing; the default ``1`` requeues it."""
@@ -30,7 +30,7 @@ REQUEUE_ON_TIME_LIMIT_VAR = "RUNNER_REQUEUE_ON_TIME_LIMIT"
 
 @dataclass(frozen=True)
 class RequeuePolicy:
-    """When a stopped job asks to run again."""
+    """Rules that decide whether a stopped job is requeued."""
 
     max_requeues: int | None = None
     """No requeue once ``SLURM_RESTART_COUNT`` has reached it; None means no cap."""

@@ -1,8 +1,8 @@
 """Why a job was asked to stop: a preemption, its time limit, or a signal that SLURM sent for neither.
 
-The answer comes from ``scontrol show job`` read when the job stops, compared with the moment the first signal
-arrived. It works for jobs of any length, unlike a fixed share of the time limit: the time limit is near when
-the signal came at most the ``--signal`` lead plus 60 s before the job's EndTime. SLURM may send the signal up
+The cause is read from ``scontrol show job`` when the job stops, and compared with the moment the first signal
+arrived. The time limit is near when the signal came at most the ``--signal`` lead plus 60 s before the job's
+EndTime, a rule that works for jobs of any length, unlike a fixed share of the time limit. SLURM may send the signal up
 to 60 s earlier than the lead asks (sbatch(1) of SLURM 22.05, option --signal).
 """
 
@@ -22,7 +22,7 @@ from runner.preemption import SignalRecord
 logger = logging.getLogger(__name__)
 
 SIGNAL_LEAD_VAR = "RUNNER_SIGNAL_LEAD_S"
-"""Seconds before the time limit that the job's ``--signal`` asks for; runner's templates and submit set it."""
+"""Seconds before the time limit that the job's ``--signal`` requests; runner's templates and submit set it."""
 
 DEFAULT_SIGNAL_LEAD_S = 90
 """The lead assumed when ``RUNNER_SIGNAL_LEAD_S`` is not set; 90 s is also submitit's default."""
@@ -43,7 +43,7 @@ class StopCause(enum.Enum):
 class StopReason:
     cause: StopCause
     detail: str
-    """What the decision rests on, for the log."""
+    """The facts behind the decision, for the log."""
     requeued_by_slurm: bool = False
     """SLURM has already requeued this run (its Restarts count is past the job's), so the job must not requeue it."""
 
@@ -61,7 +61,7 @@ def signal_lead_s(environ: Mapping[str, str] | None = None) -> int:
 
 
 def find_stop_reason(env: JobEnvironment, record: SignalRecord | None) -> StopReason:
-    """Ask SLURM about this job and return why it stops. Only rank 0 asks, so that N tasks make one query."""
+    """Query SLURM about this job and return why it stops. Only rank 0 queries, so that N tasks make one query."""
     if env.backend == "local":
         return StopReason(StopCause.PREEMPTION, "runner local preempted the job")
     if env.backend != "slurm":
@@ -83,14 +83,14 @@ def classify_stop(job: Mapping[str, str] | None, record: SignalRecord | None, re
 
     The order matters: after a preemption SLURM moves EndTime to the end of the GraceTime, and after its own
     requeue it resets StartTime and EndTime for the next run, so EndTime is read only when neither happened.
-    ``end_time_variable`` is SLURM_JOB_END_TIME (set by SLURM 23.02 and later), used when scontrol did not answer.
+    ``end_time_variable`` is SLURM_JOB_END_TIME (set by SLURM 23.02 and later), used when scontrol failed.
     """
     if record is None:
         return StopReason(StopCause.UNKNOWN, "no signal arrived; the job asked to stop by itself")
     if job is None:
         end_s = _epoch(end_time_variable)
         if end_s is None:
-            return StopReason(StopCause.UNKNOWN, "scontrol did not answer and SLURM_JOB_END_TIME is not set")
+            return StopReason(StopCause.UNKNOWN, "scontrol failed and SLURM_JOB_END_TIME is not set")
         return _by_end_time(end_s, record, lead_s, "SLURM_JOB_END_TIME")
 
     state = job.get("JobState", "")

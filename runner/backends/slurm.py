@@ -3,7 +3,7 @@
 runner replaces submitit's preemption machinery instead of using it. submitit's handler pickles the callable
 (``checkpoint()``) and calls ``scontrol requeue`` inside the signal handler, in the middle of a training step, and
 it takes every signal to a job shorter than 10 minutes for a time-out (submitit 1.5: ``min(0.8 T, T - 10 min)``).
-A job submitted here runs with runner's watcher on the preemption signal and SIGTERM instead; the job saves at its
+A job submitted here runs with runner's watcher on the preemption signal and SIGTERM instead. The job saves at its
 next safe point with ``runner.save_checkpoint`` and requeues itself through ``runner.Job``. Both sides agree on the
 signal: the script exports RUNNER_PREEMPT_SIGNAL and SUBMITIT_PREEMPT_SIGNAL, and ``#SBATCH --signal`` names it.
 """
@@ -38,7 +38,7 @@ class Submission:
 
     options: SbatchOptions = SbatchOptions()
     folder: Path = Path("slurm-logs")
-    """Where the job's log goes (and, for submitit, its pickles); made absolute and created at submission."""
+    """Folder of the job's log (and, for submitit, its pickles), made absolute and created at submission."""
     max_requeues: int | None = None
     """Exported as RUNNER_MAX_REQUEUES, the cap that ``runner.Job`` applies; None leaves it unset."""
     environment: Mapping[str, str] = field(default_factory=dict)

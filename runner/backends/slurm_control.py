@@ -13,7 +13,7 @@ _FIELD_KEY = re.compile(r"[A-Za-z][A-Za-z0-9:/_]*")
 def show_job(job_id: str) -> dict[str, str]:
     """Return the fields of ``scontrol show job --oneliner JOB_ID``, such as JobState, Restarts and EndTime.
 
-    Raise CommandError when scontrol is missing or fails, for example for a job id that SLURM no longer knows.
+    Raise CommandError when scontrol is missing or fails, for example for a job id that SLURM no longer has.
     """
     return parse_job_record(run_command(["scontrol", "show", "job", "--oneliner", str(job_id)]))
 
