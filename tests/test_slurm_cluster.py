@@ -7,6 +7,7 @@ NOTE: the preemption by partition urgent (--exclusive) also requeues any other j
 """
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -77,8 +78,6 @@ def reference(tmp_path_factory):
 
 
 def clean_environment():
-    import os
-
     return {name: value for name, value in os.environ.items()
             if not name.startswith(("SLURM_", "RUNNER_", "SUBMITIT_"))}
 
