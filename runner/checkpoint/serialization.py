@@ -41,7 +41,7 @@ def pickle_payload(target: IO[bytes], strategy: Any, exp_counter: int, exclusion
     with saving(SaveContext(exclusion)), _without_zip_crc32():
         try:
             torch.save(payload, target, pickle_module=pickle_module)
-        except Exception as error:  # whatever a __reduce__ raises; explained by unpicklable_error
+        except Exception as error:  # a __reduce__ may raise anything, and unpicklable_error explains it
             raise unpicklable_error(payload, exclusion, error, name) from error
 
 
