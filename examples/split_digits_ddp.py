@@ -5,7 +5,8 @@ batch and sums the gradients with the others (gloo, on CPU). Rank 0 saves a chec
 after a preemption all tasks stop at the same experience boundary, even when only one received the signal, and
 resume from that checkpoint. Run it as N tasks, each started with the SLURM task variables:
 
-    runner local --ntasks 2 --preempt-every 8 --max-preemptions 2 -- python examples/split_digits_ddp.py --workdir runs/ddp
+    runner local --ntasks 2 --preempt-every 8 --max-preemptions 2 -- \\
+        python examples/split_digits_ddp.py --workdir runs/ddp
     srun --ntasks 2 python examples/split_digits_ddp.py --workdir runs/ddp     (in a batch job with --requeue)
 
 With the same number of tasks, a preempted run ends with bitwise the same parameters as an uninterrupted one.

@@ -18,6 +18,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 EXAMPLE = str(ROOT / "examples" / "split_digits_ddp.py")
 FAST = ["--epochs", "10"]
 

@@ -129,7 +129,7 @@ def test_failed_save_stops_every_rank(step_job, checkout_on_path, capfd):
     assert attempt.requeue_requested is False
     stderr = capfd.readouterr().err
     assert "OSError: disk full (test)" in stderr
-    assert "rank 0 failed to save the checkpoint before stopping; rank 1 stops too" in stderr
+    assert "saving the checkpoint failed on 1 rank(s) before stopping; rank 1 stops too" in stderr
 
 
 def test_requeue_policy_applies_to_every_rank(step_job, checkout_on_path, monkeypatch):

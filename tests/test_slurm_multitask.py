@@ -21,7 +21,7 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 EXAMPLE = ROOT / "examples" / "split_digits_ddp.py"
 EXAMPLE_OPTIONS = ["--epochs", "30"]

@@ -209,8 +209,8 @@ class JobStep:
     def wait(self, timeout_s: float) -> list[int] | None:
         """Wait up to `timeout_s` for every task to exit; return their exit statuses, or None if one still runs.
 
-        The wait blocks on the first running task only, so a caller that polls notices another task's exit at its next
-        call, which is how it learns of a task that failed while the others run.
+        The wait blocks on the first running task only, so a caller that polls notices another task's exit at its
+        next call, which is how it learns of a task that failed while the others run.
         """
         running = [task for task in self._tasks if task.poll() is None]
         if running:
@@ -226,6 +226,6 @@ class JobStep:
         return [task.rank for task in chosen if task.send(sig, target)]
 
     def kill_leftovers(self) -> None:
-        """SIGKILL processes still in a task's group after it exited, as SLURM's process tracking does for a job step."""
+        """SIGKILL processes left in each task's group after it exited, as SLURM's process tracking does for a step."""
         for task in self._tasks:
             task.kill_leftovers()

@@ -47,8 +47,9 @@ def save_checkpoint(strategy: Any, fname: str | os.PathLike, exclude: Iterable[s
                     **options: Any) -> None:
     """Save ``strategy`` on rank 0 with ``runner.save_checkpoint``; the other ranks return once it is committed.
 
-    Every rank must call it at the same point. `options` go to ``runner.save_checkpoint``. When the save fails,
-    rank 0 raises its error and the other ranks raise CheckpointSaveError, so that no rank waits forever.
+    Every rank must call it at the same point. `options` go to ``runner.save_checkpoint``; with ``background=True``
+    the ranks return once rank 0 has copied the state, and a preempted job's stop waits for the commit. When the
+    save fails, rank 0 raises its error and the other ranks raise CheckpointSaveError, so that no rank waits forever.
     """
     from runner.checkpoint import save_checkpoint as save_on_this_rank
 

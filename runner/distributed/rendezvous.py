@@ -4,7 +4,8 @@ Rank and world size come from SLURM_PROCID and SLURM_STEP_NUM_TASKS. The store a
 step runs on one node, else the first host of the step's node list, where srun starts rank 0. The store port is
 derived from the job id and the restart count, so the first attempt of a job and each requeued one use different
 ports: a store or socket that the previous attempt left behind (a process that has not exited yet, a socket in
-TIME_WAIT) keeps its own port, and the new attempt listens on the next one. MASTER_ADDR and MASTER_PORT, when set, replace the derived values.
+TIME_WAIT) keeps its own port, and the new attempt listens on the next one. MASTER_ADDR and MASTER_PORT, when set,
+replace the derived values.
 """
 
 from __future__ import annotations

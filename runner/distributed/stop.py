@@ -37,10 +37,11 @@ def count_across_ranks(flag: bool) -> int:
 def stop_together(job: "Job", save: Callable[[], None] | None = None) -> None:
     """Return when no rank was preempted; otherwise stop every rank at this safe point and exit.
 
-    Rank 0 alone runs `save`, while the others wait until it has committed. Rank 0 then applies the job's requeue
-    policy with ``Job.requeue()``, which requests the one requeue, and every rank exits with its status: 75 when
-    the scheduler accepted, 76 when it could not be asked, 77 when the policy refused. When `save` raises on rank
-    0, rank 0 re-raises the error and the other ranks raise CheckpointSaveError.
+    Rank 0 alone runs `save`, and every rank waits until that save and its own background saves have committed.
+    Rank 0 then applies the job's requeue policy with ``Job.requeue()``, which requests the one requeue, and every
+    rank exits with its status: 75 when the scheduler accepted, 76 when it could not be asked, 77 when the policy
+    refused. When a save fails, the rank
+    where it failed raises its error and the other ranks raise CheckpointSaveError.
     """
     preempted_ranks = count_across_ranks(job.preempted)
     if preempted_ranks == 0:
@@ -49,16 +50,17 @@ def stop_together(job: "Job", save: Callable[[], None] | None = None) -> None:
     job.watcher.ignore_further()
     _log_stop(job, rank, preempted_ranks, world_size)
 
-    save_error = _save_on_rank_zero(rank, save)
+    save_error = _save_and_commit(rank, save)
     # From the commit on, a rank's only work is to exit. After rank 0's `scontrol requeue`, SLURM sends SIGTERM to
     # every task, and that must not turn their exit 75 into a kill. SIGKILL still follows after KillWait.
     previous_sigterm = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if count_across_ranks(save_error is not None) > 0:
+    failed_ranks = count_across_ranks(save_error is not None)
+    if failed_ranks > 0:
         signal.signal(signal.SIGTERM, previous_sigterm)
         if save_error is not None:
             raise save_error
-        raise CheckpointSaveError(f"rank 0 failed to save the checkpoint before stopping; rank {rank} stops too, "
-                                  "and rank 0's output shows the error")
+        raise CheckpointSaveError(f"saving the checkpoint failed on {failed_ranks} rank(s) before stopping; rank "
+                                  f"{rank} stops too, and the output of the failed rank shows the error")
     _exit_together(job, rank)
 
 
@@ -72,11 +74,11 @@ def _log_stop(job: "Job", rank: int, preempted_ranks: int, world_size: int) -> N
                    job.env.job_id, rank, preempted_ranks, world_size, received)
 
 
-def _save_on_rank_zero(rank: int, save: Callable[[], None] | None) -> BaseException | None:
-    if rank != 0 or save is None:
-        return None
+def _save_and_commit(rank: int, save: Callable[[], None] | None) -> BaseException | None:
+    """Run `save` on rank 0, wait for this rank's background saves to commit, and return the error of either."""
     try:
-        save()
+        if rank == 0 and save is not None:
+            save()
         wait_for_pending_saves()  # a background save counts as done only once it has committed
     except BaseException as error:  # re-raised by the caller once the other ranks know
         return error
