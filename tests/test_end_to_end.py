@@ -42,12 +42,14 @@ def test_preempted_run_matches_uninterrupted(tmp_path, python, python_env, strat
 def test_killed_job_resumes_from_last_checkpoint(tmp_path, python, python_env):
     """A job that ignores the signal is killed after the grace period and still ends with the right model."""
     _, expected = run_example(python, python_env, tmp_path / "reference")
-    python_env["RUNNER_PREEMPT_SIGNAL"] = "USR2"  # the job watches USR2, so USR1 (ignored below) does nothing
+    python_env["RUNNER_PREEMPT_SIGNAL"] = "USR2"  # the job watches USR2, so the URG sent below does nothing
+    python_env["RUNNER_WATCH_SIGTERM"] = "0"  # and SIGTERM kills it
 
     options = ["--preempt-after", "2.5", "--max-preemptions", "2", "--grace", "0.5", "--kill-wait", "0.5",
                "--signal", "URG"]
     result, actual = run_example(python, python_env, tmp_path / "killed", options)
 
     assert "SIGTERM" in result.stderr
+    assert "stopping after" not in result.stderr
     assert actual["restarts"] == 2
     assert actual["params_sha256"] == expected["params_sha256"]
