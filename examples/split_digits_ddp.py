@@ -1,9 +1,9 @@
 """Data-parallel class-incremental learning on scikit-learn's digits, resumable after any preemption.
 
 The data-parallel form of split_digits.py: every task keeps a replica of the model, trains on its share of each
-batch and sums the gradients with the others (gloo, on CPU). Rank 0 saves a checkpoint after every experience;
-after a preemption all tasks stop at the same experience boundary, even when only one received the signal, and
-resume from that checkpoint. Run it as N tasks, each started with the SLURM task variables:
+batch and sums the gradients with the others (gloo, on CPU). Rank 0 saves a checkpoint after every experience.
+After a preemption all tasks stop at the same safe point (an experience boundary, or with --checkpoint-on-signal
+iteration any iteration), even when only one task received the signal, and resume from the checkpoint. Run it as N tasks, each started with the SLURM task variables:
 
     runner local --ntasks 2 --preempt-every 8 --max-preemptions 2 -- \\
         python examples/split_digits_ddp.py --workdir runs/ddp
@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import runner
 from split_digits import Experience, Strategy, load_stream, params_sha256
@@ -37,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads per task; keep it fixed across restarts so results are bitwise "
                         "reproducible")
+    parser.add_argument("--checkpoint-on-signal", choices=["experience", "iteration"], default="experience",
+                        help="where the ranks check for a preemption: only after each experience, or also after "
+                        "every iteration, saving the position inside the experience")
     parser.add_argument("--allow-world-size-change", action="store_true",
                         help="resume a checkpoint saved with another number of tasks, splitting batches anew")
     return parser.parse_args(argv)
@@ -66,10 +70,11 @@ class DataParallelStrategy(Strategy):
 
     All ranks draw the same permutation of the samples, so their random state stays identical and rank 0's
     checkpoint resumes every rank. Rank r takes positions r, r + N, r + 2N ... of each batch; each rank's loss is
-    its share of the batch's mean, so the summed gradient is the gradient of the whole batch.
+    its share of the batch's mean, so the summed gradient is the gradient of the whole batch. Training resumes at
+    the saved epoch and batch, as in split_digits.py.
     """
 
-    def train(self, experience: Experience) -> None:
+    def train(self, experience: Experience, after_iteration: "Callable[[], None] | None" = None) -> None:
         import torch
         import torch.distributed as dist
 
@@ -78,16 +83,23 @@ class DataParallelStrategy(Strategy):
         x = torch.cat([experience.train_x, self.buffer_x])
         y = torch.cat([experience.train_y, self.buffer_y])
         self.model.train()
-        for _ in range(self.epochs):
-            order = torch.randperm(len(x))
-            for start in range(0, len(x), self.batch_size):
-                batch = order[start:start + self.batch_size]
+        while self.epoch < self.epochs:
+            if self.order is None:
+                self.order = torch.randperm(len(x))
+            while self.batch_start < len(x):
+                batch = self.order[self.batch_start:self.batch_start + self.batch_size]
                 shard = batch[rank::world_size]
                 self.optimizer.zero_grad()
                 (loss_sum(self.model(x[shard]), y[shard]) / len(batch)).backward()
                 all_reduce_gradients(self.model)
                 self.optimizer.step()
+                self.batch_start += self.batch_size
+                self.iterations += 1
+                if after_iteration is not None:
+                    after_iteration()
+            self.epoch, self.batch_start, self.order = self.epoch + 1, 0, None
         self._update_buffer(experience)
+        self.epoch = 0
         self.exp_counter += 1
 
 
@@ -115,11 +127,17 @@ def main(argv: list[str] | None = None) -> None:
         strategy, checkpoint, allow_world_size_change=args.allow_world_size_change)
     if rank == 0:
         print(f"restart {job.env.restart_count}: {dist.get_world_size()} tasks starting at experience {start} of "
-              f"{len(stream)}", flush=True)
+              f"{len(stream)}, after iteration {strategy.iterations}", flush=True)
+
+    after_iteration = None
+    if args.checkpoint_on_signal == "iteration":
+        # Every rank calls this after the same iteration; the save runs on rank 0 alone, inside the stop.
+        def after_iteration() -> None:
+            job.stop_if_preempted(lambda: distributed.save_checkpoint(strategy, checkpoint))
 
     for experience in stream[start:]:
         began = time.monotonic()
-        strategy.train(experience)
+        strategy.train(experience, after_iteration)
         row = strategy.evaluate(stream[: experience.index + 1])
         if rank == 0:
             cells = " ".join(f"{accuracy:.3f}" for accuracy in row)
@@ -129,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         distributed.save_checkpoint(strategy, checkpoint)
         job.stop_if_preempted()
 
+    # Training is done, so a preemption signal has nothing left to save. Ignored, a signal that arrives during the
+    # final collectives or the interpreter's shutdown cannot kill the rank with the signal's default action.
+    job.watcher.ignore_further()
     write_result(args.workdir, strategy, job, rank)
 
 
@@ -141,7 +162,8 @@ def write_result(workdir: Path, strategy: DataParallelStrategy, job: runner.Job,
     if rank != 0:
         return
     result = {"accuracy": strategy.accuracy, "params_sha256": hashes[0], "rank_params_sha256": hashes,
-              "restarts": job.env.restart_count, "world_size": dist.get_world_size()}
+              "restarts": job.env.restart_count, "world_size": dist.get_world_size(),
+              "iterations": strategy.iterations}
     temporary = workdir / f"final.json.{os.getpid()}.tmp"
     temporary.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(temporary, workdir / "final.json")

@@ -61,16 +61,19 @@ def uninterrupted(uninterrupted_workdir) -> dict:
     return json.loads((uninterrupted_workdir / "final.json").read_text())
 
 
-@pytest.mark.parametrize("signal_tasks", ["all", "1"])
-def test_preempted_run_matches_uninterrupted(uninterrupted, tmp_path, signal_tasks):
+@pytest.mark.parametrize(("signal_tasks", "safe_points"), [("all", "experience"), ("1", "iteration")])
+def test_preempted_run_matches_uninterrupted(uninterrupted, tmp_path, signal_tasks, safe_points):
     options = ["--preempt-after", PREEMPT_AFTER_S, "--max-preemptions", "1", "--grace", "120",
                "--signal-tasks", signal_tasks]
-    result = run_example(tmp_path, 2, options)
+    result = run_example(tmp_path, 2, options, ["--checkpoint-on-signal", safe_points])
     actual = final_result(result, tmp_path)
 
-    starts = [int(start) for start in re.findall(r"2 tasks starting at experience (\d+)", result.stdout)]
+    starts = re.findall(r"2 tasks starting at experience (\d+) of 5, after iteration (\d+)", result.stdout)
+    assert [int(iteration) for _, iteration in starts][:1] == [0]
     assert len(starts) == 2
-    assert starts[0] == 0 < starts[1]
+    assert int(starts[1][1]) > 0, "the second attempt must resume further on"
+    if safe_points == "experience":
+        assert int(starts[1][0]) > 0
     assert "attempt 1 exited with status 75 (tasks: 75 75)" in result.stderr
     assert "SIGTERM" not in result.stderr, "a rank lingered past the grace period"
     requeue_lines = [line for line in result.stderr.splitlines() if "asked the local scheduler to requeue" in line]
@@ -82,6 +85,7 @@ def test_preempted_run_matches_uninterrupted(uninterrupted, tmp_path, signal_tas
     assert actual["rank_params_sha256"] == [actual["params_sha256"]] * 2
     assert actual["params_sha256"] == uninterrupted["params_sha256"]
     assert actual["accuracy"] == uninterrupted["accuracy"]
+    assert actual["iterations"] == uninterrupted["iterations"]
 
 
 def test_changed_task_count_detected(uninterrupted_workdir, tmp_path):

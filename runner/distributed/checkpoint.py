@@ -5,7 +5,7 @@ are replicated and every rank draws the same random numbers, as in plain data pa
 between ranks (a sharded optimizer, per-rank random generators) is not saved by these functions.
 
 The world size is stored in the saved strategy as the attribute named by WORLD_SIZE_ATTRIBUTE, because the
-checkpoint header holds no job metadata; it is committed atomically with the rest of the strategy.
+checkpoint header has no field for job metadata. It is committed atomically with the rest of the strategy.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
-from runner.distributed.stop import count_across_ranks
+from runner.distributed.stop import count_across_ranks, saving_for_stop
 from runner.errors import CheckpointError, CheckpointSaveError
 
 logger = logging.getLogger(__name__)
@@ -47,14 +47,19 @@ def save_checkpoint(strategy: Any, fname: str | os.PathLike, exclude: Iterable[s
                     **options: Any) -> None:
     """Save ``strategy`` on rank 0 with ``runner.save_checkpoint``; the other ranks return once it is committed.
 
-    Every rank must call it at the same point. `options` go to ``runner.save_checkpoint``; with ``background=True``
-    the ranks return once rank 0 has copied the state, and a preempted job's stop waits for the commit. When the
-    save fails, rank 0 raises its error and the other ranks raise CheckpointSaveError, so that no rank waits forever.
+    Every rank must call it at the same point, except inside the `save` given to ``Job.stop_if_preempted``, which
+    runs on rank 0 alone: there it saves without waiting for the other ranks, which wait in the stop itself.
+    `options` go to ``runner.save_checkpoint``; with ``background=True`` the ranks return once rank 0 has copied
+    the state, and a preempted job's stop waits for the commit. When the save fails, rank 0 raises its error and
+    the other ranks raise CheckpointSaveError, so that no rank waits forever.
     """
     from runner.checkpoint import save_checkpoint as save_on_this_rank
 
     rank, world_size = _rank_and_world_size()
     setattr(strategy, WORLD_SIZE_ATTRIBUTE, world_size)
+    if saving_for_stop():
+        save_on_this_rank(strategy, fname, exclude, **options)
+        return
     error: BaseException | None = None
     if rank == 0:
         try:

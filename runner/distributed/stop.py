@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_saving_for_stop = False
+"""True while rank 0 runs the `save` of ``stop_together``, when the other ranks cannot join a collective."""
+
+
+def saving_for_stop() -> bool:
+    """Return whether this rank is running the save of a stop, which must not start a collective."""
+    return _saving_for_stop
+
 
 def count_across_ranks(flag: bool) -> int:
     """Return how many ranks passed a true `flag`; every rank gets the same number (an all-reduce SUM)."""
@@ -76,9 +84,14 @@ def _log_stop(job: "Job", rank: int, preempted_ranks: int, world_size: int) -> N
 
 def _save_and_commit(rank: int, save: Callable[[], None] | None) -> BaseException | None:
     """Run `save` on rank 0, wait for this rank's background saves to commit, and return the error of either."""
+    global _saving_for_stop
     try:
         if rank == 0 and save is not None:
-            save()
+            _saving_for_stop = True
+            try:
+                save()
+            finally:
+                _saving_for_stop = False
         wait_for_pending_saves()  # a background save counts as done only once it has committed
     except BaseException as error:  # re-raised by the caller once the other ranks know
         return error
