@@ -12,8 +12,8 @@ EXAMPLE = str(ROOT / "examples" / "split_digits.py")
 FAST = ["--epochs", "60"]
 
 
-def run_example(python, env, workdir, scheduler_options=None, strategy="replay"):
-    command = [python, EXAMPLE, "--workdir", str(workdir), "--strategy", strategy, *FAST]
+def run_example(python, env, workdir, scheduler_options=None, strategy="replay", job_env=()):
+    command = ["env", *job_env, python, EXAMPLE, "--workdir", str(workdir), "--strategy", strategy, *FAST]
     if scheduler_options is not None:
         command = [python, "-m", "runner.cli", "local", *scheduler_options, "--", *command]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -42,14 +42,16 @@ def test_preempted_run_matches_uninterrupted(tmp_path, python, python_env, strat
 def test_killed_job_resumes_from_last_checkpoint(tmp_path, python, python_env):
     """A job that ignores the signal is killed after the grace period and still ends with the right model."""
     _, expected = run_example(python, python_env, tmp_path / "reference")
-    python_env["RUNNER_PREEMPT_SIGNAL"] = "USR2"  # the job watches USR2, so the URG sent below does nothing
-    python_env["RUNNER_WATCH_SIGTERM"] = "0"  # and SIGTERM kills it
+    # Set inside the job, after the scheduler set its own: the job watches only USR2, so the URG that the
+    # scheduler sends does nothing, and the SIGTERM after the grace period kills it.
+    job_env = ["RUNNER_PREEMPT_SIGNAL=USR2", "RUNNER_WATCH_SIGTERM=0"]
 
     options = ["--preempt-after", "2.5", "--max-preemptions", "2", "--grace", "0.5", "--kill-wait", "0.5",
                "--signal", "URG"]
-    result, actual = run_example(python, python_env, tmp_path / "killed", options)
+    result, actual = run_example(python, python_env, tmp_path / "killed", options, job_env=job_env)
 
     assert "SIGTERM" in result.stderr
     assert "stopping after" not in result.stderr
+    assert result.stderr.count("the scheduler killed the job after a preemption") == 2
     assert actual["restarts"] == 2
     assert actual["params_sha256"] == expected["params_sha256"]
