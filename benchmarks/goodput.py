@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -32,21 +33,33 @@ class Schedule:
     epochs: int
     preemptions: int
     preempt_after_s: float
-    grace_s: float = 0.3
-    kill_wait_s: float = 0.3
+    rounds: int = 1
+    """How many times each run is repeated, in turns; goodput uses the median wall times."""
+    grace_s: float = 1.0
+    """Long enough to save and exit after an iteration, shorter than most experiences."""
+    kill_wait_s: float = 0.5
 
 
 def measure_goodput(folder: Path, schedule: Schedule) -> dict:
-    """Run the example uninterrupted, then under each policy; return the goodput of each and the wall times."""
-    reference_s, reference = _run(folder / "uninterrupted", schedule, "experience", preempted=False)
-    results = {"reference_wall_s": round(reference_s, 2), "schedule": schedule.__dict__, "policies": {}}
-    for policy in POLICIES:
-        wall_s, final = _run(folder / policy, schedule, policy, preempted=True)
-        if final["params_sha256"] != reference["params_sha256"]:
-            raise RuntimeError(f"the {policy} run ended with other parameters than the uninterrupted run")
-        results["policies"][policy] = {"goodput": round(reference_s / wall_s, 3), "wall_s": round(wall_s, 2),
-                                       "restarts": final["restarts"]}
-    return results
+    """Run the example uninterrupted and under each policy, in turns; return each policy's goodput and wall times."""
+    walls_s: dict[str, list[float]] = {name: [] for name in ("uninterrupted", *POLICIES)}
+    reference_sha256 = None
+    for round_index in range(schedule.rounds):
+        for name in walls_s:
+            workdir = folder / f"{name}-{round_index}"
+            wall_s, final = _run(workdir, schedule, name, preempted=name != "uninterrupted")
+            reference_sha256 = reference_sha256 or final["params_sha256"]
+            if final["params_sha256"] != reference_sha256:
+                raise RuntimeError(f"the {name} run ended with other parameters than the uninterrupted run")
+            walls_s[name].append(wall_s)
+    reference_s = statistics.median(walls_s["uninterrupted"])
+    return {
+        "reference_wall_s": round(reference_s, 2),
+        "schedule": schedule.__dict__,
+        "policies": {policy: {"goodput": round(reference_s / statistics.median(walls_s[policy]), 3),
+                              "wall_s": [round(wall_s, 2) for wall_s in walls_s[policy]]}
+                     for policy in POLICIES},
+    }
 
 
 def _run(workdir: Path, schedule: Schedule, policy: str, preempted: bool) -> tuple[float, dict]:

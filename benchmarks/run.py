@@ -50,7 +50,7 @@ def run(quick: bool, folder: Path) -> dict:
     for size_mib in sizes:
         by_size[size_mib] = measure_size(size_mib, repeats, folder / f"{size_mib}-mib")
     schedule = (goodput.Schedule(epochs=40, preemptions=1, preempt_after_s=2.5) if quick
-                else goodput.Schedule(epochs=200, preemptions=3, preempt_after_s=6.0))
+                else goodput.Schedule(epochs=200, preemptions=3, preempt_after_s=6.0, rounds=3))
     results = {
         "quick": quick,
         "machine": machine(),

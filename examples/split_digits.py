@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         job.stop_if_preempted()
 
     runner.wait_for_saves()  # raises the error of a failed background save
+    # Training is done, so a preemption signal now has nothing to save; left armed, one arriving while the
+    # interpreter shuts down would kill the process with the signal's default action.
+    job.watcher.ignore_further()
     print(f"all experiences trained; this attempt trained {strategy.iterations - first_iteration} iterations", flush=True)
     result = {"accuracy": strategy.accuracy, "params_sha256": params_sha256(strategy.model),
               "restarts": job.env.restart_count, "iterations": strategy.iterations}
