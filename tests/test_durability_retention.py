@@ -138,6 +138,21 @@ def test_missing_newest_loads_kept_one(tmp_path, caplog):
     assert any("is missing" in record.getMessage() for record in caplog.records)
 
 
+def test_truncated_newest_not_kept_as_fallback(tmp_path, caplog):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, [1, 2, 3])
+    with open(path, "r+b") as file:
+        file.truncate(1000)
+    loaded, counter = runner.maybe_load_checkpoint(None, path)
+    assert counter == 2
+
+    with caplog.at_level(logging.WARNING, logger="runner.checkpoint.retention"):
+        runner.save_checkpoint(loaded, path, exp_counter=3)
+
+    assert kept_counters(path) == [3, 2]
+    assert "not keeping" in caplog.text
+
+
 def test_prune_leaves_foreign_numbered_files(tmp_path):
     path = tmp_path / "checkpoint.pt"
     foreign = tmp_path / "checkpoint.pt.1"

@@ -108,14 +108,9 @@ PreloadPlanner = Callable[[BinaryIO, int, int], "Preload | None"]
 """``preload(file, payload offset, payload length)``: the argument of ``verify`` that plans a ``Preload``."""
 
 
-def verify(file: BinaryIO, path: str, preload: PreloadPlanner | None = None) -> VerifiedCheckpoint:
-    """Check the size, commit record, checksum and header of ``file`` without unpickling anything.
-
-    ``preload(file, payload offset, payload length)``, when given, returns a ``Preload`` whose regions are read
-    in the same pass as the checksum, so a load reads each byte of the file once. It is returned as ``preloaded``.
-
-    Raise CorruptCheckpointError naming ``path`` when the file is empty, truncated, damaged or uncommitted, and
-    UnsupportedCheckpointError when a newer runner wrote it.
+def check_commit_record(file: BinaryIO, path: str) -> tuple[int, int, int, Any, bytes]:
+    """Check the size and commit record of ``file`` without reading the rest, which finds a truncated or unfinished
+    file at the cost of one small read; return ``(size, payload offset, payload length, checksum kind, expected)``.
     """
     file.seek(0, os.SEEK_END)
     size = file.tell()
@@ -135,6 +130,19 @@ def verify(file: BinaryIO, path: str, preload: PreloadPlanner | None = None) -> 
         raise CorruptCheckpointError(
             f"checkpoint {path} is {size} bytes, but its commit record promises "
             f"{payload_offset + payload_length + COMMIT_SIZE}", path)
+    return size, payload_offset, payload_length, checksum, expected
+
+
+def verify(file: BinaryIO, path: str, preload: PreloadPlanner | None = None) -> VerifiedCheckpoint:
+    """Check the size, commit record, checksum and header of ``file`` without unpickling anything.
+
+    ``preload(file, payload offset, payload length)``, when given, returns a ``Preload`` whose regions are read
+    in the same pass as the checksum, so a load reads each byte of the file once. It is returned as ``preloaded``.
+
+    Raise CorruptCheckpointError naming ``path`` when the file is empty, truncated, damaged or uncommitted, and
+    UnsupportedCheckpointError when a newer runner wrote it.
+    """
+    size, payload_offset, payload_length, checksum, expected = check_commit_record(file, path)
     preloaded = preload(file, payload_offset, payload_length) if preload is not None else None
     file.seek(0)
     regions = preloaded.regions if preloaded is not None else ()

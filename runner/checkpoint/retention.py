@@ -49,8 +49,8 @@ def keep_current(path: str, keep: int) -> str | None:
         current = os.stat(path)
     except FileNotFoundError:
         return None
-    # NOTE: the current checkpoint is kept without verifying it, which would read the whole file on every save, so
-    # a damaged one takes a slot and can push the oldest valid one out.
+    if not _commit_record_intact(path):
+        return None
     numbered = numbered_checkpoints(path)
     if numbered and _same_file(numbered[0][1], current):
         return None  # an earlier save linked it and was killed before its rename
@@ -103,6 +103,24 @@ def _belongs_to_run(path: str, run_id: str | None) -> bool:
     except OSError:
         return False
     return header.get("run_id") == run_id
+
+
+def _commit_record_intact(path: str) -> bool:
+    """Return whether ``path`` has an intact commit record, so that a truncated or unfinished checkpoint does not
+    take a fallback slot and push out a valid one.
+
+    NOTE: only the commit record is read: a full checksum would read the whole file on every save, so a bit flip
+    inside an otherwise complete file can still take a slot.
+    """
+    try:
+        with open(path, "rb") as file:
+            fileformat.check_commit_record(file, path)
+    except CheckpointError as error:
+        logger.warning("not keeping %s as a fallback: %s", path, error)
+        return False
+    except OSError:
+        return True  # the rename replaces it anyway; the link attempt reports a real error
+    return True
 
 
 def _same_file(path: str, other: os.stat_result) -> bool:
