@@ -150,3 +150,18 @@ def test_sigkill_during_write_keeps_previous(tmp_path, python, python_env):
     loaded.exp_counter = 3
     runner.save_checkpoint(loaded, path)
     assert runner.maybe_load_checkpoint(None, path)[1] == 3
+
+
+def test_negative_counter_rejected(tmp_path):
+    with pytest.raises(ValueError, match="invalid experience counter -1"):
+        runner.save_checkpoint(Strategy(), tmp_path / "checkpoint.pkl", exp_counter=-1)
+
+
+def test_empty_path_rejected():
+    with pytest.raises(ValueError, match="checkpoint path is empty"):
+        runner.save_checkpoint(Strategy(), "")
+
+
+def test_folder_path_rejected(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        runner.save_checkpoint(Strategy(), tmp_path)

@@ -135,6 +135,16 @@ def test_inspect_missing_exits_one(tmp_path, cli):
     assert "no checkpoint at" in result.stderr
 
 
+def test_verify_fifo_does_not_block(tmp_path, cli):
+    fifo = tmp_path / "checkpoint.pt"
+    os.mkfifo(fifo)
+
+    result = cli("verify", str(fifo))
+
+    assert result.returncode == 1
+    assert "not a regular file" in result.stdout + result.stderr
+
+
 def test_load_sets_tripwire(checkpoints):
     path, marker = checkpoints
 

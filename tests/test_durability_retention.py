@@ -9,7 +9,7 @@ import torch
 
 import runner
 from runner.checkpoint import inventory, retention
-from runner.errors import CheckpointSaveError, NoValidCheckpointError
+from runner.errors import CheckpointError, CheckpointSaveError, NoValidCheckpointError
 
 
 class Model:
@@ -225,6 +225,14 @@ def test_save_never_replaces_other_run(tmp_path):
 
     assert path.read_bytes() == before
     assert retention.numbered_checkpoints(str(path)) == []
+
+
+def test_start_fresh_over_other_run_rejected(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    runner.save_checkpoint(Model(3), path, run_id="run-a")
+
+    with pytest.raises(CheckpointError, match="cannot start fresh .* run 'run-a'"):
+        runner.maybe_load_checkpoint(Model(0), path, run_id="run-b", on_invalid="start_fresh")
 
 
 @pytest.mark.parametrize("run_id", ["", "  ", "tab\there", "x" * 201])

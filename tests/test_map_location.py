@@ -126,6 +126,25 @@ def test_invalid_map_location_rejected(tmp_path, map_location):
         runner.maybe_load_checkpoint(Strategy(), path, map_location=map_location)
 
 
+@pytest.mark.parametrize("map_location", ["bogus", {"cuda:1": "nowhere"}])
+def test_invalid_device_rejected_before_reading(tmp_path, map_location):
+    path = tmp_path / "checkpoint.pkl"
+    runner.save_checkpoint(Strategy(), path)
+
+    with pytest.raises(ValueError, match="invalid map_location .* is not a device"):
+        runner.maybe_load_checkpoint(Strategy(), path, map_location=map_location)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize("map_location", ["cuda", torch.device("cuda:0"), {"cpu": "cuda:1"}])
+def test_missing_cuda_device_rejected(tmp_path, map_location):
+    path = tmp_path / "checkpoint.pkl"
+    runner.save_checkpoint(Strategy(), path)
+
+    with pytest.raises(ValueError, match="not available on this machine"):
+        runner.maybe_load_checkpoint(Strategy(), path, map_location=map_location)
+
+
 def test_remap_device_rules():
     cuda1 = torch.device("cuda:1")
 

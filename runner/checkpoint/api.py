@@ -15,7 +15,7 @@ from runner import __version__
 from runner.checkpoint import background as background_saves
 from runner.checkpoint import fileformat, inventory, locks, preload, serialization, settings, store, streams
 from runner.checkpoint.exclusion import Exclusion, plan_exclusion
-from runner.checkpoint.pickling import check_map_location
+from runner.checkpoint.pickling import check_map_location, check_map_location_usable
 from runner.checkpoint.unique import Registry, register_unique_objects
 from runner.errors import CheckpointError, CorruptCheckpointError, NoValidCheckpointError
 
@@ -59,9 +59,11 @@ def save_checkpoint(
     keep = settings.resolve_keep(keep)
     run_id = settings.resolve_run_id(run_id)
     counter = _exp_counter_of(strategy) if exp_counter is None else int(exp_counter)
+    if counter < 0:
+        raise ValueError(f"invalid experience counter {counter}: it is the index of the next experience, 0 or more")
     exclusion = plan_exclusion(strategy, exclude)
     header = {**_header(counter, list(exclusion.paths)), "run_id": run_id}
-    name = streams.stream_name(fname) if streams.is_stream(fname) else os.fspath(fname)
+    name = streams.stream_name(fname) if streams.is_stream(fname) else _checked_path(fname)
     if background:
         if streams.is_stream(fname):
             raise ValueError(f"background=True needs a checkpoint path, not the file object {name}: pass a path, "
@@ -122,7 +124,7 @@ def maybe_load_checkpoint(
     same integrity and trust checks but no lock, fallback or run id check. An empty rest of the stream means no
     checkpoint, so seek back to where the checkpoint starts before loading one just written.
 
-    Every checkpoint is checked (size, commit record, SHA-256, run id) before anything is unpickled. A newer
+    Every checkpoint is checked (size, commit record, checksum, run id) before anything is unpickled. A newer
     checkpoint that fails the check is skipped with a WARNING, and an older kept one (``fname.<n>``) is loaded.
     When checkpoints exist but none is valid, NoValidCheckpointError lists them with the reasons, unless
     ``on_invalid="start_fresh"``, which logs them and starts from experience 0. ``run_id`` (default
@@ -132,6 +134,7 @@ def maybe_load_checkpoint(
     if on_invalid not in ("raise", "start_fresh"):
         raise ValueError(f"invalid on_invalid={on_invalid!r}: use 'raise' (the default) or 'start_fresh'")
     map_location = check_map_location(map_location)
+    check_map_location_usable(map_location)
     registry = None if unique_objects is None else register_unique_objects(unique_objects)
     if streams.is_stream(fname):
         return _load_stream(strategy, fname, map_location, registry, trust)
@@ -150,11 +153,32 @@ def maybe_load_checkpoint(
     except NoValidCheckpointError as error:
         if on_invalid == "raise":
             raise
+        _reject_other_run(path, error)
         logger.warning("%s\nstarting from experience 0, as on_invalid='start_fresh' asks", error)
         return strategy, 0
     loaded, counter = serialization.finish_load(payload, header, strategy)
     logger.info("loaded checkpoint %s, resuming at experience %d", found.verified.path, counter)
     return loaded, counter
+
+
+def _checked_path(fname: str | os.PathLike) -> str:
+    """Return ``fname`` as a str; raise ValueError when it is empty or names a folder."""
+    path = os.fspath(fname)
+    if not path:
+        raise ValueError("the checkpoint path is empty: pass a file path such as 'runs/checkpoint.pkl'")
+    if os.path.isdir(path):
+        raise ValueError(f"the checkpoint path {path} is a folder: pass a file path inside it, such as "
+                         f"{os.path.join(path, 'checkpoint.pkl')}")
+    return path
+
+
+def _reject_other_run(path: str, error: NoValidCheckpointError) -> None:
+    """Raise when another run's checkpoint is at ``path``: a fresh start would fail at its first save anyway."""
+    for candidate, problem in error.reasons:
+        if candidate == path and problem.startswith("it belongs to run"):
+            raise CheckpointError(
+                f"cannot start fresh at {path}: {problem}, and a save never replaces another run's checkpoint; "
+                "use another checkpoint path, or the run id that wrote it", path) from error
 
 
 def _load_stream(strategy: Any, stream: IO[bytes], map_location: Any, registry: Registry | None,

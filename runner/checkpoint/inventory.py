@@ -8,8 +8,10 @@ have written, instead of falling back past it to an older one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -75,12 +77,25 @@ def checkpoint_files(path: str) -> list[tuple[int | None, str]]:
     return files
 
 
+def open_regular(path: str) -> BinaryIO:
+    """Open ``path`` for reading; raise OSError unless it is a regular file, since a FIFO or device would block."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def examine_all(path: str, run_id: object = ANY_RUN) -> list[CheckpointStatus]:
     """Check every checkpoint of ``path``, newest first, without unpickling any."""
     statuses = []
     for number, candidate in checkpoint_files(path):
         try:
-            with open(candidate, "rb") as file:
+            with open_regular(candidate) as file:
                 status, _ = _check(file, candidate, number, run_id)
         except OSError as error:
             status = CheckpointStatus(candidate, number, None, None, f"cannot be read: {error}")
@@ -107,7 +122,7 @@ def open_newest_valid(path: str, run_id: str | None, trust: bool, preload: filef
         logger.warning("checkpoint %s is missing; trying the older ones kept beside it", path)
     for number, candidate in files:
         try:
-            file = open(candidate, "rb")
+            file = open_regular(candidate)
         except OSError as error:
             skipped.append(_skip(CheckpointStatus(candidate, number, None, None, f"cannot be read: {error}")))
             continue

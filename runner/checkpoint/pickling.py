@@ -186,7 +186,9 @@ def check_map_location(map_location: Any) -> Any:
 
     A dict may map to ``torch.device`` values as well as strings; they become strings here.
     """
-    if map_location is None or isinstance(map_location, (str, torch.device)):
+    if map_location is None:
+        return map_location
+    if isinstance(map_location, (str, torch.device)):
         return map_location
     if isinstance(map_location, dict):
         bad_keys = [key for key in map_location if not isinstance(key, str)]
@@ -201,6 +203,34 @@ def check_map_location(map_location: Any) -> Any:
     raise TypeError(
         f"map_location must be None, a str, a torch.device, a dict or a callable(storage, location), "
         f"not {map_location!r}")
+
+
+def check_map_location_usable(map_location: Any) -> None:
+    """Raise ValueError naming ``map_location`` when a device it maps to is invalid or missing on this machine.
+
+    Without this, torch fails deep inside unpickling and the checkpoint would look damaged.
+    """
+    if isinstance(map_location, (str, torch.device)):
+        _check_device_usable(map_location, map_location)
+    elif isinstance(map_location, dict):
+        for value in map_location.values():
+            _check_device_usable(value, map_location)
+
+
+def _check_device_usable(target: str | torch.device, map_location: Any) -> None:
+    """Raise ValueError naming ``map_location`` when ``target`` is not a device, or a CUDA device this machine lacks."""
+    try:
+        device = torch.device(target)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"invalid map_location {map_location!r}: {target!r} is not a device ({error}); use e.g. 'cpu' or 'cuda:0'"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ValueError(
+                f"invalid map_location {map_location!r}: {str(device)!r} is not available on this machine, which "
+                f"has {count} CUDA device(s); use map_location='cpu' or a device that exists here")
 
 
 def remap_device(device: torch.device, map_location: Any) -> torch.device:
