@@ -7,7 +7,7 @@ import logging
 import sys
 
 from runner.backends.commands import CommandError
-from runner.backends.sbatch import LAYOUTS, SbatchOptions, SignalSpec, time_limit_minutes, validate_option_name
+from runner.backends.sbatch import LAYOUTS, SbatchOptions, SignalSpec, time_limit_minutes, validate_extra_option
 from runner.backends.slurm import Submission, job_script, submit_command, submit_job_script, submitit_script
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def _sbatch_arg(text: str) -> tuple[str, str | bool]:
     key, equals, value = text.partition("=")
     key = key.strip().removeprefix("--")
     try:
-        validate_option_name(key)
+        validate_extra_option(key)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return (key, value) if equals else (key, True)

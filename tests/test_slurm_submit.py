@@ -70,6 +70,22 @@ def test_cli_invalid_option(run_cli, option, value, message):
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--sbatch-arg", "signal=USR2", "use --signal"),
+    ("--sbatch-arg", "requeue", "'requeue'"),
+    ("--sbatch-arg", "open-mode=truncate", "'open-mode'"),
+    ("--signal", "KILL", "invalid --signal KILL"),
+    ("--signal", "STOP@60", "invalid --signal STOP"),
+])
+@pytest.mark.parametrize("layout", [[], ["--template", "single"], ["--template", "multi"]])
+def test_cli_rejects_signal_conflicts(run_cli, option, value, message, layout):
+    result = run_cli(*layout, option, value, "--dry-run", "--", "true")
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
 def test_cli_missing_command(run_cli):
     result = run_cli("--dry-run")
 

@@ -149,3 +149,29 @@ def test_render_rejects_unknown_section():
 def test_unknown_layout_rejected():
     with pytest.raises(ValueError, match="'array'"):
         render_job_script("array", COMMAND, OPTIONS, "out")
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ("signal", "use --signal"),
+    ("sig", "may read as --signal"),
+    ("requeue", "'requeue'"),
+    ("no-requeue", "--max-requeues 0"),
+    ("open-mode", "'open-mode'"),
+    ("output", "--folder"),
+    ("time", "use --time"),
+])
+def test_extra_option_set_by_runner_rejected(key, message):
+    with pytest.raises(ValueError, match=message):
+        SbatchOptions(extra={key: "x"})
+
+
+def test_extra_option_not_prefix_accepted():
+    options = SbatchOptions(extra={"signals-extra": "x", "mem-per-cpu": "2G"})
+
+    assert ("mem-per-cpu", "2G") in options.directives()
+
+
+@pytest.mark.parametrize("name", ["KILL", "STOP"])
+def test_signal_spec_rejects_uncatchable(name):
+    with pytest.raises(ValueError, match=f"invalid --signal {name}"):
+        SignalSpec.parse(f"{name}@60")

@@ -31,6 +31,19 @@ DEFAULT_LEAD_S = 90
 MAX_LEAD_S = 0xFFFF
 """sbatch rejects a ``--signal`` delay above 65535 seconds."""
 
+RESERVED_OPTIONS = {
+    "signal": "runner sets it, and the job must watch the same signal; use --signal",
+    "requeue": "runner always sets it, so that the job can requeue itself",
+    "no-requeue": "it would keep the job from requeueing itself; use --max-requeues 0 to end the job at its first stop",
+    "open-mode": "runner sets it to append, so that the log keeps the output of earlier runs",
+    "output": "runner sets the log path; choose its folder with --folder",
+    "error": "runner sets the log path; choose its folder with --folder",
+    **{name: f"it has its own option; use --{name}" for name in
+       ("job-name", "partition", "time", "cpus-per-task", "gpus", "mem", "ntasks", "nodes")},
+}
+"""sbatch options that runner writes itself or that have their own option, with what to do instead. A second
+directive of the same name would contradict runner's, and sbatch would take whichever comes last."""
+
 _BARE_VALUE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 _OPTION_NAME = re.compile(r"[a-z][a-z0-9-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -55,6 +68,11 @@ class SignalSpec:
     signal: signal.Signals = DEFAULT_SIGNAL
     lead_s: int = DEFAULT_LEAD_S
     batch_only: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.signal in (signal.SIGKILL, signal.SIGSTOP):
+            raise ValueError(f"invalid --signal {self.signal.name.removeprefix('SIG')}: no process can catch it, so "
+                             "the job could not save before SLURM stops it; use USR1, USR2 or TERM")
 
     @classmethod
     def parse(cls, text: str) -> "SignalSpec":
@@ -121,7 +139,7 @@ class SbatchOptions:
         if self.gpus is not None and not _GPUS.fullmatch(self.gpus):
             raise ValueError(f"invalid --gpus {self.gpus!r}: give a count such as 2, or TYPE:COUNT such as a100:2")
         for key in self.extra:
-            validate_option_name(key)
+            validate_extra_option(key)
 
     def directives(self) -> list[tuple[str, str | bool]]:
         """Return the ``(option, value)`` pairs of the set options, in a fixed order, ``--signal`` included."""
@@ -143,6 +161,19 @@ def validate_option_name(name: str) -> None:
     if not _OPTION_NAME.fullmatch(name):
         raise ValueError(f"invalid sbatch option name {name!r}: use the long name without dashes, such as "
                          "qos or mail-type")
+
+
+def validate_extra_option(name: str) -> None:
+    """Raise ValueError unless ``name`` is a valid option name that runner does not write itself.
+
+    sbatch 22.05 reads a unique prefix of a long option as the option, on ``#SBATCH`` lines too (``--sig=USR2@60``
+    is ``--signal``), so a prefix of a reserved name is rejected as well.
+    """
+    validate_option_name(name)
+    for reserved, advice in RESERVED_OPTIONS.items():
+        if reserved.startswith(name):
+            spelled = "" if reserved == name else f", which sbatch may read as --{reserved}"
+            raise ValueError(f"invalid extra sbatch option {name!r}{spelled}: {advice}")
 
 
 def time_limit_minutes(text: str) -> int | None:
