@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from typing import Callable, Iterable, NoReturn
@@ -10,6 +11,7 @@ from runner.environment import JobEnvironment
 from runner.pending_saves import wait_for_pending_saves
 from runner.preemption import PreemptionWatcher
 from runner.requeue import RequeuePolicy, requeue_after_stop
+from runner.stop_reason import signal_lead_s
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +29,16 @@ class Job:
     def __init__(self, signals: Iterable[str | int] | None = None, env: JobEnvironment | None = None,
                  max_requeues: int | None = None, requeue_on_time_limit: bool | None = None):
         """``max_requeues`` and ``requeue_on_time_limit`` default to RUNNER_MAX_REQUEUES (no cap when unset) and
-        RUNNER_REQUEUE_ON_TIME_LIMIT (requeue when unset)."""
+        RUNNER_REQUEUE_ON_TIME_LIMIT (requeue when unset). Raise ValueError when one of these variables, or
+        RUNNER_SIGNAL_LEAD_S, RUNNER_PREEMPT_SIGNAL or RUNNER_WATCH_SIGTERM, has an invalid value."""
         self.env = env or JobEnvironment.from_environ()
         self.policy = RequeuePolicy.from_environ(max_requeues=max_requeues,
                                                  requeue_on_time_limit=requeue_on_time_limit)
+        signal_lead_s()  # Checked here so that a bad value fails at start-up, not in the stop after a preemption.
         self.watcher = PreemptionWatcher(signals).install()
+        # Python gives signals their default action back late in shutdown, so a preemption signal arriving then
+        # would kill a job whose work is done; ignoring them from the first exit handler on keeps its status.
+        atexit.register(self.watcher.ignore_further)
 
     @property
     def preempted(self) -> bool:

@@ -76,6 +76,11 @@ class PreemptionWatcher:
                  watch_sigterm: bool | None = None):
         self.signals = [parse_signal(s) for s in signals] if signals is not None else default_signals()
         """The preemption signals."""
+        for sig in self.signals:
+            if sig in (signal.SIGKILL, signal.SIGSTOP):
+                raise ValueError(
+                    f"invalid preemption signal {sig.name}: no process can catch it, so the job could not save "
+                    f"before stopping; set {protocol.PREEMPT_SIGNAL_VAR} or the signals argument to USR1, USR2 or TERM")
         self.watch_sigterm = default_watch_sigterm() if watch_sigterm is None else watch_sigterm
         self.records: list[SignalRecord] = []
         self._previous: dict[signal.Signals, Any] = {}

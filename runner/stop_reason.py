@@ -49,15 +49,19 @@ class StopReason:
 
 
 def signal_lead_s(environ: Mapping[str, str] | None = None) -> int:
+    """Return RUNNER_SIGNAL_LEAD_S in seconds, or the default when it is unset; raise ValueError when invalid."""
     env = os.environ if environ is None else environ
     value = env.get(SIGNAL_LEAD_VAR, "")
-    if not value:
+    if not value.strip():
         return DEFAULT_SIGNAL_LEAD_S
     try:
-        return int(value)
+        lead_s = int(value)
     except ValueError:
-        raise ValueError(f"{SIGNAL_LEAD_VAR}={value!r} is not a whole number of seconds; set it to the lead of "
-                         "the job's --signal, such as 90, or unset it") from None
+        lead_s = -1
+    if lead_s < 0:
+        raise ValueError(f"{SIGNAL_LEAD_VAR}={value!r} is not a whole number of seconds, 0 or more; set it to the "
+                         "lead of the job's --signal, such as 90 for --signal=USR1@90, or unset it")
+    return lead_s
 
 
 def find_stop_reason(env: JobEnvironment, record: SignalRecord | None) -> StopReason:
