@@ -110,7 +110,7 @@ def add_local_parser(subparsers: argparse._SubParsersAction) -> None:
         help="start N tasks of the command, as srun --ntasks N does on one node, with SLURM_PROCID 0 to N-1 "
         "(default: 1)",
     )
-    job.add_argument("--job-id", type=_count, metavar="ID", help="SLURM_JOB_ID (default: the scheduler's pid)")
+    job.add_argument("--job-id", type=_job_id, metavar="ID", help="SLURM_JOB_ID (default: the scheduler's pid)")
     job.add_argument("--job-name", metavar="NAME", help="SLURM_JOB_NAME (default: the command's basename)")
     job.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]", help="the job to run")
     parser.set_defaults(run_subcommand=run_local, subcommand_parser=parser)
@@ -188,6 +188,12 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: give a whole number, 0 or more")
     return value
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid job id {text!r}: give a whole number, 0 or more, such as 1234")
+    return int(text)
 
 
 def _task_count(text: str) -> int:

@@ -22,7 +22,8 @@ TASK_SCRIPT = r'''
 
 argv: RECORD_PATH RUN_S MODE_0 MODE_1 ... (one mode per rank)
 MODE: requeue (on the preemption signal create $RUNNER_REQUEUE_FILE and exit 75), exit75 (on the signal exit 75
-without the file), ignore (keep running RUN_S), fail (exit 3 at once), hang (ignore SIGTERM and run RUN_S).
+without the file), exit1 (on the signal exit 1), ignore (keep running RUN_S), fail (exit 3 at once), hang (ignore
+SIGTERM and run RUN_S), default (no handler, so the preemption signal kills it).
 An attempt with SLURM_RESTART_COUNT >= 1 exits 0 at once.
 """
 import json, os, signal, sys, time
@@ -42,6 +43,8 @@ def record(kind, **fields):
 signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
 if mode == "hang":
     signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+if mode == "default":
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
 record("start", env={k: v for k, v in os.environ.items() if k.startswith(("SLURM", "RUNNER_"))})
 if restart_count >= 1:
     sys.exit(0)
@@ -58,6 +61,8 @@ while time.monotonic() - started < run_s:
             sys.exit(75)
         if mode == "exit75" and received[seen - 1] == signal.SIGUSR1:
             sys.exit(75)
+        if mode == "exit1" and received[seen - 1] == signal.SIGUSR1:
+            sys.exit(1)
     time.sleep(0.01)
 record("exit")
 '''
@@ -183,6 +188,37 @@ def test_exit_75_without_requeue_file_is_final(tasks):
     assert scheduler.run() == exitcodes.REQUEUED
     (attempt,) = scheduler.result.attempts
     assert attempt.task_exit_statuses == [75, 75]
+    assert attempt.requeued is False
+
+
+def test_task_killed_by_preemption_signal_requeues(tasks, caplog):
+    scheduler = LocalScheduler(
+        tasks(10.0, "ignore", "default"), ntasks=2, schedule=PreemptAfter(STARTUP_S), max_preemptions=1,
+        grace_s=10.0, kill_wait_s=5.0,
+    )
+
+    with caplog.at_level("INFO", logger="runner"):
+        assert scheduler.run() == exitcodes.FINISHED
+    first, second = scheduler.result.attempts
+    # Task 1 died of the signal while task 0 ran, so the scheduler ended task 0 as srun --kill-on-bad-exit does.
+    assert first.task_exit_statuses == [128 + signal.SIGTERM, 128 + signal.SIGUSR1]
+    assert first.exit_status == 128 + signal.SIGUSR1
+    assert first.requeued is True
+    assert second.task_exit_statuses == [0, 0]
+    assert "requeue (killed by SIGUSR1 after a preemption)" in caplog.text
+    assert "hint: task(s) 1 died from SIGUSR1" in caplog.text
+
+
+def test_task_exit_1_after_preemption_is_final(tasks):
+    scheduler = LocalScheduler(
+        tasks(10.0, "ignore", "exit1"), ntasks=2, schedule=PreemptAfter(STARTUP_S), max_preemptions=1,
+        grace_s=10.0, kill_wait_s=5.0,
+    )
+
+    assert scheduler.run() == 1
+    (attempt,) = scheduler.result.attempts
+    assert attempt.task_exit_statuses == [128 + signal.SIGTERM, 1]
+    assert attempt.failed_rank == 1
     assert attempt.requeued is False
 
 

@@ -449,3 +449,92 @@ def test_parse_delay_range():
     for text in ("600:30", "a:b", "1:2:3", "-1:5"):
         with pytest.raises(ValueError, match="invalid"):
             parse_delay_range(text)
+
+
+SIGNAL_DEATH_JOB = r'''
+"""Test job: the first attempt runs MODE and waits; later attempts exit 0 at once.
+
+MODE: default (no handler, so the preemption signal kills it), abort (the handler aborts), exit1 (the handler
+exits 1).
+"""
+import os, signal, sys, time
+
+mode = sys.argv[1]
+if os.environ["SLURM_RESTART_COUNT"] != "0":
+    sys.exit(0)
+if mode == "abort":
+    signal.signal(signal.SIGUSR1, lambda signum, frame: os.abort())
+elif mode == "exit1":
+    signal.signal(signal.SIGUSR1, lambda signum, frame: sys.exit(1))
+time.sleep(30)
+'''
+
+
+@pytest.fixture
+def signal_death_job(tmp_path: Path):
+    """Return a function that builds the command of SIGNAL_DEATH_JOB for a mode."""
+    script = tmp_path / "signal_death_job.py"
+    script.write_text(SIGNAL_DEATH_JOB)
+    return lambda mode: [sys.executable, str(script), mode]
+
+
+@pytest.mark.parametrize(("mode", "first_status"), [("default", 128 + signal.SIGUSR1), ("abort", 128 + signal.SIGABRT)])
+def test_signal_death_after_preemption_requeues(signal_death_job, mode, first_status):
+    scheduler = LocalScheduler(
+        signal_death_job(mode), schedule=PreemptAfter(STARTUP_S), max_preemptions=1, grace_s=10.0
+    )
+
+    assert scheduler.run() == exitcodes.FINISHED
+    first, second = scheduler.result.attempts
+    assert first.exit_status == first_status
+    assert first.requeue_requested is False
+    assert first.requeued is True
+    assert second.exit_status == exitcodes.FINISHED
+
+
+def test_exit_code_after_preemption_is_final(signal_death_job):
+    scheduler = LocalScheduler(
+        signal_death_job("exit1"), schedule=PreemptAfter(STARTUP_S), max_preemptions=1, grace_s=10.0
+    )
+
+    assert scheduler.run() == 1
+    (attempt,) = scheduler.result.attempts
+    assert attempt.preemption_count == 1
+    assert attempt.requeued is False
+
+
+def test_signal_death_requeue_respects_max_restarts(signal_death_job, caplog):
+    scheduler = LocalScheduler(
+        signal_death_job("default"), schedule=PreemptAfter(STARTUP_S), max_restarts=0, grace_s=10.0
+    )
+
+    with caplog.at_level("INFO", logger="runner"):
+        assert scheduler.run() == 128 + signal.SIGUSR1
+    assert len(scheduler.result.attempts) == 1
+    assert "requeue rejected (killed by SIGUSR1 after a preemption)" in caplog.text
+
+
+def test_cli_requeues_shell_wrapper_killed_by_signal(signal_death_job, tmp_path):
+    # Without exec, bash runs Python as a child and dies of the SIGUSR1 meant for it.
+    wrapper = tmp_path / "train.sh"
+    wrapper.write_text(f"#!/bin/bash\n{' '.join(signal_death_job('exit1'))}\necho wrapper done\n")
+    wrapper.chmod(0o755)
+    process = run_cli("local", "--preempt-after", str(STARTUP_S), "--max-preemptions", "1", "--", str(wrapper))
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == exitcodes.FINISHED, stderr
+    assert "attempt 1 exited with status 138" in stderr
+    assert "requeue (killed by SIGUSR1 after a preemption); starting attempt 2" in stderr
+    hints = [line for line in stderr.splitlines() if "hint:" in line]
+    assert len(hints) == 1, stderr
+    assert "its main process died from SIGUSR1" in hints[0]
+    assert "`exec`" in hints[0]
+    assert "runner.Job()" in hints[0]
+
+
+def test_cli_job_id_error_names_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["local", "--job-id", "abc", "--", "true"])
+
+    assert exit_info.value.code == 2
+    assert "argument --job-id: invalid job id 'abc'" in capsys.readouterr().err

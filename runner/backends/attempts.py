@@ -6,6 +6,9 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.backends.job_step import status_signal
+
+
 @dataclass
 class SentSignal:
     """A signal the scheduler sent to the job, `after_s` seconds after its attempt started."""
@@ -50,6 +53,16 @@ class Attempt:
     @property
     def preemption_count(self) -> int:
         return sum(1 for sent in self.signals if sent.reason == "preemption")
+
+    @property
+    def preempted(self) -> bool:
+        """A preemption signal reached at least one task."""
+        return any(sent.reason == "preemption" and sent.ranks for sent in self.signals)
+
+    @property
+    def killing_signal(self) -> signal.Signals | None:
+        """The signal that the attempt's exit status reports (128+N), or None for an exit with a code."""
+        return None if self.exit_status is None else status_signal(self.exit_status)
 
 
 @dataclass

@@ -65,6 +65,16 @@ def shell_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def status_signal(status: int) -> signal.Signals | None:
+    """Return signal N of a shell-style exit status 128+N, or None for an exit code or a number that is no signal."""
+    if status <= 128:
+        return None
+    try:
+        return signal.Signals(status - 128)
+    except ValueError:
+        return None
+
+
 def _without_slurm_variables(environ: Mapping[str, str]) -> dict[str, str]:
     # Variables inherited from an enclosing SLURM allocation (array ids, node lists) would describe another job.
     return {key: value for key, value in environ.items() if not key.startswith(("SLURM_", "SLURMD_"))}

@@ -4,7 +4,8 @@ Each attempt starts the command as N tasks (``srun --ntasks N`` on one node), ea
 On the schedule's preemption times the scheduler sends the preemption signal to every task or to chosen ones, and
 if a task still runs `grace_s` later it sends SIGTERM to all tasks, then SIGKILL after `kill_wait_s`. The job is
 started again, with SLURM_RESTART_COUNT one higher, when a task created the RUNNER_REQUEUE_FILE (the local form of
-``scontrol requeue``) or when the scheduler killed the job after a preemption.
+``scontrol requeue``) or when a signal ended the job after a preemption signal reached it. That signal may be the
+scheduler's SIGTERM or SIGKILL, or the preemption signal itself when the job had no handler for it yet.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Iterator, Sequence
 
 from runner import exitcodes
 from runner.backends.attempts import Attempt, RunResult, SentSignal
-from runner.backends.job_step import JobStep, SignalTarget, task_environment
+from runner.backends.job_step import JobStep, SignalTarget, signal_short_name, status_signal, task_environment
 from runner.backends.schedule import NoPreemption, PreemptionSchedule
 from runner.backends.stop import StopRequest
 from runner.errors import RunnerError
@@ -263,10 +264,16 @@ class LocalScheduler:
         if self._stop.signal is not None:
             logger.warning("[job %d] not restarting: the scheduler received %s", self.job_id, self._stop.signal.name)
             return False
+        self._hint_if_killed_by_preemption_signal(attempt)
+        killing_signal = attempt.killing_signal
         if attempt.requeue_requested:
             reason = "the job requested it"
         elif attempt.killed_after_preemption:
             reason = "the scheduler killed the job after a preemption"
+        elif attempt.preempted and killing_signal is not None:
+            # As SLURM with PreemptMode=REQUEUE: a preempted job requeues however a signal ended it, so a job that
+            # died of the signal before it could handle it (start-up, shutdown, a shell wrapper) still resumes.
+            reason = f"killed by {killing_signal.name} after a preemption"
         else:
             if attempt.exit_status == exitcodes.REQUEUED:
                 logger.warning(
@@ -284,6 +291,25 @@ class LocalScheduler:
         attempt.requeued = True
         logger.info("[job %d] requeue (%s); starting attempt %d", self.job_id, reason, attempt.number + 1)
         return True
+
+    def _hint_if_killed_by_preemption_signal(self, attempt: Attempt) -> None:
+        """Log how to keep the job alive when one of its tasks died from the preemption signal itself."""
+        if not attempt.preempted:
+            return
+        dead_ranks = [
+            rank for rank, status in enumerate(attempt.task_exit_statuses)
+            if status is not None and status_signal(status) is self.preempt_signal
+        ]
+        if not dead_ranks:
+            return
+        tasks = "its main process" if self.ntasks == 1 else f"task(s) {', '.join(map(str, dead_ranks))}"
+        name = signal_short_name(self.preempt_signal)
+        logger.warning(
+            "[job %d] hint: %s died from %s, the preemption signal, before handling it; create runner.Job() first "
+            "thing in the job, and in a shell wrapper start Python with `exec`, or add `trap : %s` to the wrapper "
+            "and pass --signal-target group",
+            self.job_id, tasks, self.preempt_signal.name, name,
+        )
 
     def _final_status(self, attempt: Attempt) -> int:
         assert attempt.exit_status is not None
