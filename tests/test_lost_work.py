@@ -39,7 +39,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_iteration_checkpoint_resumes_bitwise(tmp_path, python, python_env, uninterrupted):
-    options = ["--preempt-after", "3", "--max-preemptions", "2", "--grace", "60"]
+    options = ["--preempt-after", "2.5", "--max-preemptions", "2", "--grace", "60"]
 
     run, result = run_example(python, python_env, tmp_path, ["--checkpoint-on-signal", "iteration"], options)
     stdout = run.stdout
@@ -47,8 +47,8 @@ def test_iteration_checkpoint_resumes_bitwise(tmp_path, python, python_env, unin
     saved_at = [int(n) for n in re.findall(r"preempted: saving after iteration (\d+)", stdout)]
     resumed_at = [int(n) for n in re.findall(r"resuming inside experience \d+ at .*after iteration (\d+)", stdout)]
     trained = [int(n) for n in re.findall(r"this attempt trained (\d+) iterations", stdout)]
-    assert result["restarts"] == 2
-    assert len(saved_at) == 2
+    assert len(saved_at) >= 1  # a late attempt may finish before its preemption comes
+    assert result["restarts"] == len(saved_at)
     assert resumed_at == saved_at  # each attempt starts with the iteration after the last one saved
     assert sum(trained) == uninterrupted["iterations"]  # no iteration trained twice: none lost
     assert result["iterations"] == uninterrupted["iterations"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import io
 import logging
+import os
 import threading
 from typing import Any, Callable
 
@@ -126,6 +127,8 @@ class BackgroundSaver:
 _saver = BackgroundSaver()
 pending_saves.register(_saver.wait)
 atexit.register(_saver.report_uncollected)
+# A forked child has no worker thread, and a lock held by another thread of the parent would stay held in it.
+os.register_at_fork(after_in_child=_saver.__init__)
 
 
 def saver() -> BackgroundSaver:
