@@ -35,8 +35,8 @@ class Schedule:
     preempt_after_s: float
     rounds: int = 1
     """How many times each run is repeated, in turns; goodput uses the median wall times."""
-    grace_s: float = 1.0
-    """Long enough to save and exit after an iteration, shorter than most experiences."""
+    grace_s: float = 0.5
+    """Shorter than an experience, as a grace period of minutes is shorter than experiences of hours."""
     kill_wait_s: float = 0.5
 
 

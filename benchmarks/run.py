@@ -49,7 +49,7 @@ def run(quick: bool, folder: Path) -> dict:
     by_size = {}
     for size_mib in sizes:
         by_size[size_mib] = measure_size(size_mib, repeats, folder / f"{size_mib}-mib")
-    schedule = (goodput.Schedule(epochs=40, preemptions=1, preempt_after_s=2.5) if quick
+    schedule = (goodput.Schedule(epochs=30, preemptions=1, preempt_after_s=2.0) if quick
                 else goodput.Schedule(epochs=200, preemptions=3, preempt_after_s=6.0, rounds=3))
     results = {
         "quick": quick,
