@@ -13,7 +13,7 @@ echo "== uninterrupted run"
 .venv/bin/python examples/split_digits.py --workdir "$workdir/uninterrupted"
 
 echo "== preempted run under runner local"
-.venv/bin/runner local --preempt-random 2:5 --seed 1 --max-preemptions 3 --grace 60 -- \
+.venv/bin/runner local --preempt-random 1:2 --seed 1 --max-preemptions 3 --grace 60 -- \
   .venv/bin/python examples/split_digits.py --workdir "$workdir/preempted"
 
 echo "== comparison"
