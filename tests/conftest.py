@@ -23,7 +23,7 @@ def python() -> str:
 
 
 # SLURM tests: @pytest.mark.slurm tests need the cluster of scripts/slurm-cluster.sh. They are skipped with the
-# reason when sinfo or sacct does not answer, and fail instead when RUNNER_REQUIRE_SLURM=1 (as CI sets it).
+# reason when sinfo or sacct fails, and fail instead when RUNNER_REQUIRE_SLURM=1 (as CI sets it).
 
 REQUIRE_SLURM_VAR = "RUNNER_REQUIRE_SLURM"
 _SLURM_PROBES = (["sinfo", "--noheader", "--format=%T"],
@@ -32,7 +32,7 @@ _slurm_unavailable: list = []
 
 
 def slurm_unavailable_reason():
-    """Return why the SLURM cluster cannot run tests, or None when sinfo and sacct answer; asked once per session."""
+    """Return why the SLURM cluster cannot run tests, or None when sinfo and sacct respond; checked once per session."""
     if not _slurm_unavailable:
         _slurm_unavailable.append(_probe_slurm())
     return _slurm_unavailable[0]
@@ -61,7 +61,7 @@ def pytest_runtest_setup(item):
     if reason is None:
         return
     if os.environ.get(REQUIRE_SLURM_VAR) == "1":
-        pytest.fail(f"{REQUIRE_SLURM_VAR}=1 but the SLURM cluster does not answer: {reason}", pytrace=False)
+        pytest.fail(f"{REQUIRE_SLURM_VAR}=1 but the SLURM cluster is not responding: {reason}", pytrace=False)
     pytest.skip(f"SLURM cluster not available: {reason}")
 
 

@@ -255,7 +255,7 @@ def test_requeue_limit_cancels_slurm_requeue(tmp_path, jobs):
 
 
 def test_time_limit_requeues_or_stops(tmp_path, jobs):
-    """A job signalled before its 1-minute time limit logs a time limit: it requeues, or exits 77 when told not to."""
+    """A job signalled near its 1-minute time limit logs a time limit, then requeues or, by policy, exits 77."""
     folders = {}
     for policy in ("1", "0"):
         workdir = tmp_path / f"policy-{policy}"
@@ -280,7 +280,7 @@ def test_time_limit_requeues_or_stops(tmp_path, jobs):
 
 
 def test_failed_requeue_exits_76_with_output(tmp_path):
-    """scontrol answers, but not for this job id: the job exits 76 and shows scontrol's message."""
+    """scontrol responds, but does not know this job id: the job exits 76 and shows scontrol's message."""
     env = {**clean_environment(), "SLURM_JOB_ID": "987654321"}
     process = subprocess.Popen(small_job_command(tmp_path, 50, False), env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
