@@ -11,13 +11,15 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from runner import protocol
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNAL = signal.SIGUSR1
+UNCATCHABLE_SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
+"""Signals no process can handle, so a job could never save on them."""
 
 WATCH_SIGTERM_VAR = "RUNNER_WATCH_SIGTERM"
 """Set to ``0`` to let SIGTERM keep its default action (end the process) instead of being recorded as a stop request."""
@@ -77,7 +79,7 @@ class PreemptionWatcher:
         self.signals = [parse_signal(s) for s in signals] if signals is not None else default_signals()
         """The preemption signals."""
         for sig in self.signals:
-            if sig in (signal.SIGKILL, signal.SIGSTOP):
+            if sig in UNCATCHABLE_SIGNALS:
                 raise ValueError(
                     f"invalid preemption signal {sig.name}: no process can catch it, so the job could not save "
                     f"before stopping; set {protocol.PREEMPT_SIGNAL_VAR} or the signals argument to USR1, USR2 or TERM")

@@ -14,12 +14,9 @@ import socket
 import subprocess
 from typing import Mapping, Sequence
 
-from runner import protocol
+from runner import preemption, protocol
 
 logger = logging.getLogger(__name__)
-
-_UNCATCHABLE_SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
-
 
 class SignalTarget(str, enum.Enum):
     """Set of processes that receive the preemption signal."""
@@ -31,23 +28,12 @@ class SignalTarget(str, enum.Enum):
 
 
 def parse_signal(value: str | int) -> signal.Signals:
-    """Parse a signal given as ``USR1``, ``SIGUSR1``, ``usr1`` or a number such as ``10``.
+    """Parse a preemption signal given as ``USR1``, ``SIGUSR1``, ``usr1`` or a number such as ``10``.
 
     Raise ValueError naming the value when it is unknown, or when it is SIGKILL or SIGSTOP, which a job cannot catch.
     """
-    text = str(value).strip()
-    try:
-        if text.isdigit():
-            parsed = signal.Signals(int(text))
-        else:
-            name = text.upper()
-            parsed = signal.Signals[name if name.startswith("SIG") else "SIG" + name]
-    except (KeyError, ValueError):
-        raise ValueError(
-            f"unknown signal {value!r}: give a name such as USR1 or SIGUSR1, or a number such as "
-            f"{int(signal.SIGUSR1)}; `kill -l` lists the names"
-        ) from None
-    if parsed in _UNCATCHABLE_SIGNALS:
+    parsed = preemption.parse_signal(value)
+    if parsed in preemption.UNCATCHABLE_SIGNALS:
         raise ValueError(
             f"invalid preemption signal {value!r}: a job cannot catch {parsed.name}, so it could not save its state; "
             "use USR1, USR2 or TERM"

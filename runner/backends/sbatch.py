@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from runner import protocol
-from runner.preemption import DEFAULT_SIGNAL, parse_signal
+from runner.preemption import DEFAULT_SIGNAL, UNCATCHABLE_SIGNALS, parse_signal
 from runner.stop_reason import SIGNAL_LEAD_VAR
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "slurm_templates"
@@ -70,7 +70,7 @@ class SignalSpec:
     batch_only: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.signal in (signal.SIGKILL, signal.SIGSTOP):
+        if self.signal in UNCATCHABLE_SIGNALS:
             raise ValueError(f"invalid --signal {self.signal.name.removeprefix('SIG')}: no process can catch it, so "
                              "the job could not save before SLURM stops it; use USR1, USR2 or TERM")
 
