@@ -74,7 +74,7 @@ class Benchmark:
 
 
 class Plugin:
-    """A strategy plugin that holds whatever a test gives it."""
+    """A strategy plugin that keeps whatever a test passes to it."""
 
     def __init__(self, **attributes):
         self.__dict__.update(attributes)

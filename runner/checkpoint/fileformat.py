@@ -90,7 +90,7 @@ class VerifiedCheckpoint:
     payload_length: int
     size: int
     preloaded: Any = None
-    """What ``verify``'s ``preload`` returned, filled in the same pass as the checksum; None without one."""
+    """The value that ``verify``'s ``preload`` returned, filled in the same pass as the checksum, or None without one."""
 
 
 class Preload(Protocol):

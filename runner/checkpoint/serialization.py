@@ -113,7 +113,7 @@ def read_payload(file: IO[bytes], map_location: Any, registry: Registry | None,
                  preloaded: PreloadedStorages | None = None) -> dict:
     """Unpickle the payload in ``file``, already verified, with a ``map_location`` that check_map_location passed.
 
-    ``preloaded`` holds storages read while the file was verified, which then are not read again.
+    ``preloaded`` contains storages read while the file was verified, which then are not read again.
     """
     with loading(LoadContext(map_location=map_location, unique_objects=registry)):
         if preloaded is not None:
