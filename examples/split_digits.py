@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     replay = args.replay_per_class if args.strategy == "replay" else 0
     strategy = Strategy(args.hidden, args.epochs, args.batch_size, replay)
     strategy, start = runner.maybe_load_checkpoint(strategy, checkpoint)
-    print(f"restart {job.env.restart_count}: starting at experience {start} of {len(stream)}", flush=True)
+    print(f"restart {job.env.restart_count}: starting at experience {start} of {len(stream)}, after iteration "
+          f"{strategy.iterations}", flush=True)
     if strategy.epoch or strategy.batch_start:
         print(f"resuming inside experience {start} at epoch {strategy.epoch}, batch start {strategy.batch_start}, "
               f"after iteration {strategy.iterations}", flush=True)
@@ -203,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"experience {experience.index} classes {experience.classes} trained in "
               f"{time.monotonic() - began:.1f} s; accuracy on experiences 0..{experience.index}: {cells}", flush=True)
         runner.save_checkpoint(strategy, checkpoint, background=args.background_saves)
-        job.stop_if_preempted()
+        job.stop_if_preempted(lambda: print(
+            f"preempted: stopping after experience {experience.index}, iteration {strategy.iterations}; this "
+            f"attempt trained {strategy.iterations - first_iteration} iterations", flush=True))
 
     runner.wait_for_saves()  # raises the error of a failed background save
     # Training is done, so a preemption signal now has nothing to save; left armed, one arriving while the
