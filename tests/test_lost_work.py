@@ -45,14 +45,14 @@ def test_iteration_checkpoint_resumes_bitwise(tmp_path, python, python_env, unin
     stdout = run.stdout
 
     # A signal that lands during an evaluation stops the job at the experience boundary instead.
-    inside = [int(n) for n in re.findall(r"preempted: saving after iteration (\d+)", stdout)]
-    stops = [int(n) for n in re.findall(r"preempted: (?:saving after|stopping after experience \d+,) iteration (\d+)",
+    mid_experience = [int(n) for n in re.findall(r"preempted: saving after iteration (\d+)", stdout)]
+    stopped_at = [int(n) for n in re.findall(r"preempted: (?:saving after|stopping after experience \d+,) iteration (\d+)",
                                         stdout)]
-    starts = [int(n) for n in re.findall(r"starting at experience \d+ of \d+, after iteration (\d+)", stdout)]
+    started_at = [int(n) for n in re.findall(r"starting at experience \d+ of \d+, after iteration (\d+)", stdout)]
     trained = [int(n) for n in re.findall(r"this attempt trained (\d+) iterations", stdout)]
-    assert len(inside) >= 1, stdout  # at least one stop fell between iterations
-    assert result["restarts"] == len(stops)
-    assert starts == [0, *stops]  # each attempt starts with the iteration after the last one saved
+    assert len(mid_experience) >= 1, stdout  # at least one stop fell between iterations
+    assert result["restarts"] == len(stopped_at)
+    assert started_at == [0, *stopped_at]  # each attempt starts with the iteration after the last one saved
     assert sum(trained) == uninterrupted["iterations"]  # no iteration trained twice: none lost
     assert result["iterations"] == uninterrupted["iterations"]
     assert result["params_sha256"] == uninterrupted["params_sha256"]
