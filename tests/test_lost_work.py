@@ -46,8 +46,8 @@ def test_iteration_checkpoint_resumes_bitwise(tmp_path, python, python_env, unin
 
     # A signal that lands during an evaluation stops the job at the experience boundary instead.
     mid_experience = [int(n) for n in re.findall(r"preempted: saving after iteration (\d+)", stdout)]
-    stopped_at = [int(n) for n in re.findall(r"preempted: (?:saving after|stopping after experience \d+,) iteration (\d+)",
-                                        stdout)]
+    stop_pattern = r"preempted: (?:saving after|stopping after experience \d+,) iteration (\d+)"
+    stopped_at = [int(n) for n in re.findall(stop_pattern, stdout)]
     started_at = [int(n) for n in re.findall(r"starting at experience \d+ of \d+, after iteration (\d+)", stdout)]
     trained = [int(n) for n in re.findall(r"this attempt trained (\d+) iterations", stdout)]
     assert len(mid_experience) >= 1, stdout  # at least one stop fell between iterations
