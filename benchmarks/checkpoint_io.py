@@ -1,12 +1,14 @@
 """Save and load times of runner against the limits of the machine and against the usual practice.
 
-- durable save: ``runner.save_checkpoint`` against writing the same number of bytes with ``os.write`` and
-  ``fsync`` over an existing file of that size, which also frees the old blocks as a save's retention does;
+- durable save: ``runner.save_checkpoint`` against writing the same number of bytes to a new file with
+  ``os.write`` and ``fsync``. Between turns, untimed, the raw file is removed, runner's worker finishes removing
+  the old checkpoints (``runner.wait_for_saves()``) and ``os.sync()`` writes out everything, which is what the
+  kernel does by itself while a job trains between two saves. Every turn then starts from the same clean state;
 - verified load: ``runner.maybe_load_checkpoint`` against ``torch.load`` of the same payload bytes, copied out
   of the checkpoint into a file of their own. Both read a file that is in the page cache (warm);
 - usual practice: ``torch.save(strategy, path, pickle_module=dill)`` straight over the file, without fsync, and
-  ``torch.load`` of that file. Its file is fsynced between turns, untimed, so that its writeback does not slow
-  down the side that runs next.
+  ``torch.load`` of that file. The ``os.sync()`` between turns writes its file out, so that its writeback does
+  not slow down the side that runs next.
 
 Large allocations get fresh pages from the kernel on every load (``mallopt``), as in a job that resumes in a new
 process. Without that, ``torch.load`` would reuse the pages that the previous turn freed and run several times
@@ -58,14 +60,13 @@ def measure_save(strategy: BenchmarkStrategy, folder: Path, repeats: int) -> dic
     size = path.stat().st_size
     raw_path = folder / "raw.bin"
     data = memoryview(bytearray(os.urandom(1 << 20)) * max(1, size >> 20))[:size]
-    _write_raw(raw_path, data)
     usual_path = folder / "usual.pkl"
 
     times = in_turns({
         "runner": lambda: runner.save_checkpoint(strategy, path),
         "raw_write_fsync": lambda: _write_raw(raw_path, data),
         "usual_practice": lambda: torch.save(strategy, usual_path, pickle_module=dill),
-    }, repeats, prepare=lambda: _fsync_if_exists(usual_path))
+    }, repeats, prepare=lambda: _settle(raw_path))
     return {
         "checkpoint_bytes": size,
         "save_over_raw_write": ratio(times, "runner", "raw_write_fsync"),
@@ -98,20 +99,15 @@ def measure_load(strategy: BenchmarkStrategy, folder: Path, repeats: int) -> dic
     }
 
 
-def _fsync_if_exists(path: Path) -> None:
-    """Write the usual practice's file to disk, untimed, so that the next side does not wait for its writeback."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _settle(raw_path: Path) -> None:
+    """Bring the disk to the same clean state before each timed side: no raw file, nothing left to write out."""
+    runner.wait_for_saves()
+    raw_path.unlink(missing_ok=True)
+    os.sync()
 
 
 def _write_raw(path: Path, data: memoryview) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         written = 0
         while written < len(data):

@@ -69,6 +69,7 @@ def prepare(folder: Path) -> Path:
     path = folder / CHECKPOINT_NAME
     for counter in HISTORY:
         runner.save_checkpoint(Model(counter), path, keep=KEEP)
+    runner.wait_for_saves()  # no unlink in flight in the thread that fork does not copy
     for name in FOREIGN_NAMES:
         (folder / name).write_text("not runner's\n")
     return path
@@ -145,6 +146,7 @@ def check(path: Path, outcome: Outcome, allowed: set[int | None]) -> None:
         outcome.problems.append(f"checkpoint of experience {counter} holds another experience's weights")
 
     runner.save_checkpoint(Model(counter + 1), path, keep=KEEP)
+    runner.wait_for_saves()  # the old files that the save renamed are unlinked
     _check_after_next_save(path, counter, outcome)
 
 
@@ -178,6 +180,7 @@ def _start_child(path: Path, environment: dict[str, str], counters: Iterable[int
                 os.write(write_end, f"start {counter}\n".encode())
                 runner.save_checkpoint(Model(counter), path, keep=KEEP)
                 os.write(write_end, f"done {counter}\n".encode())
+            runner.wait_for_saves()  # os._exit does not wait for the unlink thread
         except BaseException:
             os.write(write_end, traceback.format_exc().encode())
             code = 1

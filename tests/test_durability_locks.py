@@ -100,6 +100,7 @@ def concurrent_saves(path, writer: int, trace: str, kind: str, start_read: int) 
     for save in range(SAVES_PER_WRITER):
         runner.save_checkpoint(Model(writer * 100 + save), path)
         time.sleep(PAUSE_S)
+    runner.wait_for_saves()  # the child leaves through os._exit, which does not wait for the unlink thread
 
 
 @pytest.mark.parametrize("kind", ["flock", "soft"])

@@ -3,12 +3,14 @@
 import errno
 import logging
 import os
+import threading
+import time
 
 import pytest
 import torch
 
 import runner
-from runner.checkpoint import inventory, retention
+from runner.checkpoint import discard, inventory, retention, tempfiles
 from runner.errors import CheckpointError, CheckpointSaveError, NoValidCheckpointError
 
 
@@ -25,6 +27,7 @@ def kept_counters(path, run_id=inventory.ANY_RUN) -> list:
 def save_all(path, counters, **kwargs) -> None:
     for counter in counters:
         runner.save_checkpoint(Model(counter), path, **kwargs)
+    runner.wait_for_saves()  # old checkpoints are unlinked in a worker thread
 
 
 def test_default_keeps_two(tmp_path):
@@ -123,6 +126,7 @@ def test_no_hard_links_copies_previous(tmp_path, monkeypatch, caplog):
 
     assert kept_counters(path) == [3, 2]
     assert any("has no hard links" in record.getMessage() for record in caplog.records)
+    runner.wait_for_saves()
     assert [name for name in os.listdir(tmp_path) if ".runner-tmp-" in name] == []
 
 
@@ -239,3 +243,44 @@ def test_start_fresh_over_other_run_rejected(tmp_path):
 def test_invalid_run_id_rejected(tmp_path, run_id):
     with pytest.raises(ValueError, match="run_id="):
         runner.save_checkpoint(Model(1), tmp_path / "checkpoint.pt", run_id=run_id)
+
+
+def test_unlink_runs_after_save_returns(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, [1, 2])
+    release = threading.Event()
+    unlink_all = discard._unlink_all
+
+    def blocked_unlink_all(paths):
+        release.wait(timeout=30)
+        unlink_all(paths)
+
+    monkeypatch.setattr(discard, "_unlink_all", blocked_unlink_all)
+    runner.save_checkpoint(Model(3), path)
+
+    assert kept_counters(path) == [3, 2]  # the old checkpoint left its name before the save returned
+    pending = [name for name in os.listdir(tmp_path) if tempfiles.TEMP_MARKER in name]
+    assert len(pending) == 1
+    release.set()
+    runner.wait_for_saves()
+    assert not (tmp_path / pending[0]).exists()
+
+
+def test_next_save_waits_for_unlink(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, [1, 2])
+    unlinked = []
+    unlink_all = discard._unlink_all
+
+    def slow_unlink_all(paths):
+        time.sleep(0.3)
+        unlink_all(paths)
+        unlinked.append(paths)
+
+    monkeypatch.setattr(discard, "_unlink_all", slow_unlink_all)
+    runner.save_checkpoint(Model(3), path)
+    runner.save_checkpoint(Model(4), path)
+
+    assert len(unlinked) == 1  # the second save started only after the first one's old file was gone
+    runner.wait_for_saves()
+    assert [name for name in os.listdir(tmp_path) if tempfiles.TEMP_MARKER in name] == []

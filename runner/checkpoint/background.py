@@ -20,6 +20,7 @@ import threading
 from typing import Any, Callable
 
 from runner import pending_saves
+from runner.checkpoint import discard
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class BackgroundSaver:
         if self._worker is not None:
             self._worker.join()
             self._worker = None
+        discard.wait()  # the old files that the save's retention removes, sync saves' included
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -137,7 +139,8 @@ def saver() -> BackgroundSaver:
 
 
 def wait_for_saves() -> None:
-    """Wait until the background save in flight, if any, has committed; raise its error if it failed.
+    """Wait until the background save in flight, if any, has committed and old checkpoints are removed; raise the
+    save's error if it failed.
 
     Call it before the end of a job that saves in the background, so that a failed last save is not missed.
     """

@@ -11,6 +11,7 @@ per damaged file. Neither checksum stops deliberate tampering; the owner and mod
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import threading
 import zlib
@@ -58,16 +59,39 @@ BY_COMMIT_MAGIC = {kind.commit_magic: kind for kind in (CRC32, SHA256)}
 
 
 def update_while(digest: Any, view: memoryview, work: Callable[[], Any]) -> None:
-    """Run ``digest.update(view)`` in a helper thread while the caller's thread runs ``work()``.
+    """Run ``digest.update(view)`` in the helper thread while the caller's thread runs ``work()``.
 
     zlib and hashlib release the GIL on large buffers, so the two overlap on two or more cores.
     """
-    helper = threading.Thread(target=digest.update, args=(view,), name="runner-checksum")
-    helper.start()
+    checksummed = _shared_helper().submit(digest.update, view)
     try:
         work()
     finally:
-        helper.join()
+        checksummed.result()  # the caller may reuse the memory behind ``view`` once this returns
+
+
+def _shared_helper() -> ThreadPoolExecutor:
+    """Return this process's one checksum thread, started on first use.
+
+    A 16 MiB save makes a dozen large writes, and starting a thread for each cost more than the overlap saved.
+    """
+    global _helper
+    with _helper_guard:
+        if _helper is None:
+            _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-checksum")
+        return _helper
+
+
+def _forget_helper_in_child() -> None:
+    """Start a forked child without the parent's helper, whose thread does not exist in the child."""
+    global _helper, _helper_guard
+    _helper = None
+    _helper_guard = threading.Lock()
+
+
+_helper: ThreadPoolExecutor | None = None
+_helper_guard = threading.Lock()
+os.register_at_fork(after_in_child=_forget_helper_in_child)
 
 
 def checksum_file(file: BinaryIO, length: int, kind: ChecksumKind,
@@ -86,7 +110,8 @@ def checksum_file(file: BinaryIO, length: int, kind: ChecksumKind,
     scratch = [memoryview(bytearray(scratch_bytes)), memoryview(bytearray(scratch_bytes))]
     scratch_done: list[Future | None] = [None, None]
     pending: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-checksum") as helper:
+    helper = _shared_helper()
+    try:
         for target, turn in _read_targets(length, regions, scratch):
             if turn is not None and scratch_done[turn] is not None:
                 scratch_done[turn].result()  # the helper thread is done with this scratch buffer
@@ -96,6 +121,7 @@ def checksum_file(file: BinaryIO, length: int, kind: ChecksumKind,
                 scratch_done[turn] = pending[-1]
             if count < len(target):
                 break
+    finally:
         for future in pending:
             future.result()
     return digest.digest()

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 
-from runner.checkpoint import faults, fileformat, tempfiles
+from runner.checkpoint import discard, faults, fileformat, tempfiles
 from runner.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -70,16 +70,18 @@ def prune(path: str, keep: int, run_id: str | None) -> list[str]:
     """Remove numbered checkpoints of run ``run_id`` beyond the newest ``keep - 1``; return their paths.
 
     A numbered file that is not a runner checkpoint, or that belongs to another run, is neither counted nor
-    removed: ``<path>.<n>`` could be a file of the user's or another run's checkpoint path. A file that cannot be
+    removed: ``<path>.<n>`` could be a file of the user's or another run's checkpoint path. Each file to remove
+    is renamed to a temp file name and unlinked by a worker thread (see ``discard``). A file that cannot be
     removed is logged and left for the next save, because the new checkpoint is committed by then and the save
     must not fail.
     """
-    removed = []
+    removed, renamed = [], []
     own = [old_path for _, old_path in numbered_checkpoints(path) if _belongs_to_run(old_path, run_id)]
     for old_path in own[keep - 1:]:
         faults.reached("pruning")
+        trash = tempfiles.temp_path_for(path)
         try:
-            os.unlink(old_path)
+            os.rename(old_path, trash)
         except FileNotFoundError:
             continue
         except OSError as error:
@@ -87,6 +89,8 @@ def prune(path: str, keep: int, run_id: str | None) -> list[str]:
             continue
         logger.debug("removed old checkpoint %s", old_path)
         removed.append(old_path)
+        renamed.append(trash)
+    discard.unlink_later(renamed)
     faults.reached("pruned")
     return removed
 

@@ -7,7 +7,7 @@ A save does this, all under the lock beside the checkpoint:
 3. write a new temp file, flush, fsync and close it;
 4. give the current checkpoint a numbered name beside it (see ``retention``);
 5. rename the temp file over the checkpoint with ``os.replace``, and fsync the folder;
-6. remove numbered checkpoints beyond the number to keep.
+6. rename numbered checkpoints beyond the number to keep to temp names, for a worker thread to unlink.
 
 A failure in steps 1 to 5 removes the temp file and raises CheckpointSaveError naming the path and the errno; the
 checkpoint path then still holds the previous checkpoint, unless the failure came after the rename, which the
@@ -22,7 +22,7 @@ import os
 import stat
 from typing import IO, Any, Callable
 
-from runner.checkpoint import faults, fileformat, locks, retention, settings, tempfiles
+from runner.checkpoint import discard, faults, fileformat, locks, retention, settings, tempfiles
 from runner.errors import CheckpointError, CheckpointSaveError, UntrustedCheckpointError
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ _HINTS = {
 def save_file(path: str, write: Callable[[IO[bytes]], None], *, keep: int, run_id: str | None,
               lock_kind: str | None, lock_timeout_s: float) -> None:
     """Run the whole save transaction for the checkpoint at ``path``, with ``write(file)`` writing its bytes."""
+    discard.wait()  # so that the space of the files the last save removed is free
     with locks.locked(path, lock_timeout_s, lock_kind):
         _check_same_run(path, run_id)
         try:

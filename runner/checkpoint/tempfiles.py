@@ -51,8 +51,9 @@ def remove_stale_temps(path: str) -> list[str]:
     """Remove the temp files of ``path`` whose writer is not running on this host; return their paths.
 
     Call it only under the checkpoint's lock: a writer creates its temp file only while holding the lock, so a
-    temp file seen under the lock is left over from a writer that was killed or crashed. Skipping live pids keeps
-    a temp file of this very process, and one whose pid was reused, until a later save.
+    temp file seen under the lock is left over from a writer that was killed or crashed, or is an old checkpoint
+    that retention renamed for its worker thread to unlink (see ``discard``). Skipping live pids keeps a temp file
+    of this very process, and one whose pid was reused, until a later save.
     """
     folder, name = os.path.split(path)
     removed = []
