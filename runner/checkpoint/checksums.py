@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 DIGEST_SIZE = 32
 """Bytes of the checksum field in the commit record; a shorter checksum is padded with zero bytes."""
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 2 << 20
 OVERLAP_MIN_BYTES = 1 << 20
 """Below this size a helper thread costs more than it saves, so the caller's thread checksums the bytes itself."""
 

@@ -79,8 +79,9 @@ def _new_lock(path: str, kind: str) -> filelock.BaseFileLock:
 def _record_holder(fd: int) -> None:
     """Write this process's pid and host into the lock file it just locked; the write also stamps its mtime."""
     record = f"{os.getpid()}\n{socket.gethostname()}\n".encode()
-    os.ftruncate(fd, 0)
     os.pwrite(fd, record, 0)
+    if os.fstat(fd).st_size > len(record):  # truncating costs a metadata update, so only when a longer record was there
+        os.ftruncate(fd, len(record))
 
 
 @contextlib.contextmanager
