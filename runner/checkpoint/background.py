@@ -105,7 +105,7 @@ class BackgroundSaver:
         if self._worker is not None:
             self._worker.join()
             self._worker = None
-        discard.wait()  # the old files that the save's retention removes, sync saves' included
+        discard.wait()  # old checkpoints that retention renamed, after synchronous saves too, are unlinked
         error, self._error = self._error, None
         if error is not None:
             raise error

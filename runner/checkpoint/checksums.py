@@ -73,7 +73,8 @@ def update_while(digest: Any, view: memoryview, work: Callable[[], Any]) -> None
 def _shared_helper() -> ThreadPoolExecutor:
     """Return this process's one checksum thread, started on first use.
 
-    A 16 MiB save makes a dozen large writes, and starting a thread for each cost more than the overlap saved.
+    A save makes one large write per tensor storage, so one long-lived thread serves them all instead of a new
+    thread for each.
     """
     global _helper
     with _helper_guard:
