@@ -32,6 +32,8 @@ _IMPORTABLE_KINDS = (type, types.FunctionType, types.BuiltinFunctionType)
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
 _IN_MEMORY_STREAMS = (io.BytesIO, io.StringIO)
 _DILL_SAVERS = dict(dill.Pickler.dispatch)
+_PLAIN_TYPES = (int, float, bool, complex, str, bytes, type(None), tuple, list, dict, set, frozenset)
+"""Builtin types without instance attributes: nothing to exclude, remap or reject in them."""
 
 
 @dataclass
@@ -117,6 +119,8 @@ class Pickler(dill.Pickler):
         self._context = _save_context.get(SaveContext())
         self._classes_by_value: set[int] = set()
         self._retired_memo_keys: list[object] = []
+        # Most objects of a state are of these types, and skipping the checks below for them saves time per object.
+        self._plain_types = frozenset(kind for kind in _PLAIN_TYPES if not _has_user_reducer_for(kind))
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if type(obj) is _ByValue:
@@ -125,6 +129,8 @@ class Pickler(dill.Pickler):
         super().save(obj, save_persistent_id)
 
     def reducer_override(self, obj: Any) -> Any:
+        if type(obj) in self._plain_types:
+            return NotImplemented
         if isinstance(obj, torch.device):
             return restore_device, (obj.type, obj.index)
         if isinstance(obj, _IMPORTABLE_KINDS):
@@ -154,8 +160,12 @@ class Pickler(dill.Pickler):
 
 def _has_user_reducer(obj: Any) -> bool:
     """Tell whether a reducer registered with ``dill.register``, not one of dill's own, saves ``obj``."""
-    saver = dill.Pickler.dispatch.get(type(obj))
-    return saver is not None and saver is not _DILL_SAVERS.get(type(obj))
+    return _has_user_reducer_for(type(obj))
+
+
+def _has_user_reducer_for(kind: type) -> bool:
+    saver = dill.Pickler.dispatch.get(kind)
+    return saver is not None and saver is not _DILL_SAVERS.get(kind)
 
 
 def _reject_process_resources(obj: Any) -> None:
