@@ -140,7 +140,7 @@ def maybe_load_checkpoint(
         return _load_stream(strategy, fname, map_location, registry, trust)
     path = os.fspath(fname)
     run_id = settings.resolve_run_id(run_id)
-    if not inventory.checkpoint_files(path):
+    if not os.path.lexists(path) and not inventory.checkpoint_files(path):  # listing the folder costs more
         logger.info("no checkpoint at %s, starting from experience 0", path)
         return strategy, 0
     try:
