@@ -18,9 +18,11 @@ from runner import protocol
 from runner.preemption import DEFAULT_SIGNAL, UNCATCHABLE_SIGNALS, parse_signal
 from runner.stop_reason import SIGNAL_LEAD_VAR
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "slurm_templates"
-"""The sbatch skeletons of a source checkout. NOTE: a wheel does not ship this folder, so the renderer needs a
-checkout or an editable install."""
+_CHECKOUT_TEMPLATES = Path(__file__).resolve().parents[2] / "slurm_templates"
+_INSTALLED_TEMPLATES = Path(__file__).resolve().parents[1] / "slurm_templates"
+TEMPLATES_DIR = _CHECKOUT_TEMPLATES if _CHECKOUT_TEMPLATES.is_dir() else _INSTALLED_TEMPLATES
+"""The sbatch skeletons: ``slurm_templates/`` of a source checkout, else the copy that a wheel installs as
+``runner/slurm_templates/``."""
 
 LAYOUTS = {"single": "single_task.sbatch", "multi": "multi_task.sbatch"}
 """Template file of each job layout: one task started by ``exec``, or tasks started by ``srun``."""
