@@ -1,5 +1,6 @@
 """Kept checkpoints beside the newest one, and runs that never load or replace each other's checkpoints."""
 
+import collections
 import errno
 import logging
 import os
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import runner
-from runner.checkpoint import discard, inventory, retention, tempfiles
+from runner.checkpoint import discard, inventory, known_good, retention, tempfiles
 from runner.errors import CheckpointError, CheckpointSaveError, NoValidCheckpointError
 
 
@@ -284,3 +285,34 @@ def test_next_save_waits_for_unlink(tmp_path, monkeypatch):
     assert len(unlinked) == 1  # the second save started only after the first one's old file was gone
     runner.wait_for_saves()
     assert [name for name in os.listdir(tmp_path) if tempfiles.TEMP_MARKER in name] == []
+
+
+def flip_middle_byte(path) -> None:
+    with open(path, "r+b") as file:
+        file.seek(os.path.getsize(path) // 2)
+        byte = file.read(1)
+        file.seek(-1, os.SEEK_CUR)
+        file.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_damaged_newest_not_kept(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, [1, 2])
+    flip_middle_byte(path)
+    changed = os.stat(path).st_mtime_ns + 1_000_000  # a later write: timestamps are too coarse to show it at once
+    os.utime(path, ns=(changed, changed))
+
+    runner.save_checkpoint(Model(3), path)
+
+    assert kept_counters(path) == [3, 1]  # the damaged experience 2 did not push out experience 1
+
+
+def test_unchecked_newest_verified_in_full(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, [1, 2])
+    flip_middle_byte(path)
+    monkeypatch.setattr(known_good, "_identities", collections.OrderedDict())  # as in a process that never loaded it
+
+    runner.save_checkpoint(Model(3), path)
+
+    assert kept_counters(path) == [3, 1]

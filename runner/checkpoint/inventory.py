@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from runner.checkpoint import fileformat, retention
+from runner.checkpoint import fileformat, known_good, retention
 from runner.checkpoint.store import check_trusted, untrusted_reason
 from runner.errors import CorruptCheckpointError, NoValidCheckpointError, UnsupportedCheckpointError
 
@@ -133,6 +133,7 @@ def open_newest_valid(path: str, run_id: str | None, trust: bool, preload: filef
             if verified is None or not status.valid:
                 skipped.append(_skip(status))
                 continue
+            known_good.remember(os.fstat(file.fileno()))
             yield OpenCheckpoint(file, verified, skipped)
             return
     if skipped:

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 
-from runner.checkpoint import discard, faults, fileformat, tempfiles
+from runner.checkpoint import discard, faults, fileformat, known_good, tempfiles
 from runner.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def keep_current(path: str, keep: int) -> str | None:
         current = os.stat(path)
     except FileNotFoundError:
         return None
-    if not _commit_record_intact(path):
+    if not _intact(path):
         return None
     numbered = numbered_checkpoints(path)
     if numbered and _same_file(numbered[0][1], current):
@@ -109,16 +109,18 @@ def _belongs_to_run(path: str, run_id: str | None) -> bool:
     return header.get("run_id") == run_id
 
 
-def _commit_record_intact(path: str) -> bool:
-    """Return whether ``path`` has an intact commit record, so that a truncated or unfinished checkpoint does not
-    take a fallback slot and push out a valid one.
+def _intact(path: str) -> bool:
+    """Return whether the checkpoint at ``path`` is intact, so that a damaged or unfinished one does not take a
+    fallback slot and push out a valid one.
 
-    NOTE: only the commit record is read: a full checksum would read the whole file on every save, so a bit flip
-    inside an otherwise complete file can still take a slot.
+    The commit record is always checked. The whole file is read only when this process neither committed nor
+    verified it before (see ``known_good``), as for a checkpoint that another process wrote and this one never loaded.
     """
     try:
         with open(path, "rb") as file:
             fileformat.check_commit_record(file, path)
+            if not known_good.is_known(os.fstat(file.fileno())):
+                fileformat.verify(file, path)
     except CheckpointError as error:
         logger.warning("not keeping %s as a fallback: %s", path, error)
         return False

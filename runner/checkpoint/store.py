@@ -22,7 +22,7 @@ import os
 import stat
 from typing import IO, Any, Callable
 
-from runner.checkpoint import discard, faults, fileformat, locks, retention, settings, tempfiles
+from runner.checkpoint import discard, faults, fileformat, known_good, locks, retention, settings, tempfiles
 from runner.errors import CheckpointError, CheckpointSaveError, UntrustedCheckpointError
 
 logger = logging.getLogger(__name__)
@@ -51,15 +51,17 @@ def save_file(path: str, write: Callable[[IO[bytes]], None], *, keep: int, run_i
         except OSError as error:
             raise _save_error(path, "looking for stale temp files of", path, error, temp_removed=True) from error
         faults.reached("stale-temps-removed")
-        write_atomically(path, write, before_replace=lambda: retention.keep_current(path, keep))
+        committed = write_atomically(path, write, before_replace=lambda: retention.keep_current(path, keep))
+        known_good.remember(committed)
         retention.prune(path, keep, run_id)
 
 
 def write_atomically(path: str, write: Callable[[IO[bytes]], None],
-                     before_replace: Callable[[], Any] | None = None) -> None:
+                     before_replace: Callable[[], Any] | None = None) -> os.stat_result:
     """Write a new version of ``path`` with ``write(file)``: all of it, or nothing and the old file untouched.
 
-    ``before_replace`` runs after the temp file is durable and before it is renamed over ``path``.
+    ``before_replace`` runs after the temp file is durable and before it is renamed over ``path``. Return the
+    status of the new file.
     """
     try:
         fd, temp_path = tempfiles.create_temp(path)
@@ -75,6 +77,7 @@ def write_atomically(path: str, write: Callable[[IO[bytes]], None],
             faults.reached("written")
             file.flush()
             os.fsync(file.fileno())
+            written = os.fstat(file.fileno())
         faults.reached("fsynced")
         if before_replace is not None:
             stage = "giving the previous checkpoint a numbered name, before renaming"
@@ -97,6 +100,7 @@ def write_atomically(path: str, write: Callable[[IO[bytes]], None],
             f"checkpoint {path} was written and renamed into place, but fsync of its folder failed: "
             f"{_errno_text(error)}; a host crash could still undo the rename", path) from error
     faults.reached("folder-fsynced")
+    return written
 
 
 def fsync_folder(folder: str) -> None:
