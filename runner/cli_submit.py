@@ -9,6 +9,7 @@ import sys
 from runner.backends.commands import CommandError
 from runner.backends.sbatch import LAYOUTS, SbatchOptions, SignalSpec, time_limit_minutes, validate_extra_option
 from runner.backends.slurm import Submission, job_script, submit_command, submit_job_script, submitit_script
+from runner.backends.wait import wait_for_job
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> None:
     job.add_argument("--max-requeues", type=_count, metavar="N",
                      help="requeue the job at most N times, then exit 77 (sets RUNNER_MAX_REQUEUES; default: no cap)")
     job.add_argument("--dry-run", action="store_true", help="print the sbatch script and submit nothing")
+    job.add_argument("--wait", action="store_true",
+                     help="after submitting, wait until the job ends, through its requeues, and exit with its exit "
+                          "code (1 for a job cancelled or ended by SLURM without one)")
     job.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]", help="the job to run")
     parser.set_defaults(run_subcommand=run_submit, subcommand_parser=parser)
 
@@ -64,6 +68,8 @@ def run_submit(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("missing command: put it after '--', such as: runner submit --time 60 -- python train.py")
+    if args.wait and args.dry_run:
+        parser.error("--wait and --dry-run do not go together: a dry run submits no job to wait for")
     try:
         submission = Submission(_options(args), args.folder, args.max_requeues)
         if args.dry_run:
@@ -76,8 +82,19 @@ def run_submit(args: argparse.Namespace) -> int:
     except (CommandError, RuntimeError, OSError) as error:
         logger.error("submission failed: %s", error)
         return EXIT_SUBMISSION_FAILED
-    print(job_id)
-    return 0
+    print(job_id, flush=True)
+    return _wait(job_id) if args.wait else 0
+
+
+def _wait(job_id: str) -> int:
+    try:
+        end = wait_for_job(job_id)
+    except CommandError as error:
+        logger.error("could not follow job %s: %s", job_id, error)
+        return EXIT_SUBMISSION_FAILED
+    logger.info("job %s ended %s with exit code %d:%d after %d restart(s)", job_id, end.state, end.exit_status,
+                end.signal, end.restarts)
+    return end.exit_code()
 
 
 def _submit(template: str | None, command: list[str], submission: Submission) -> str:
