@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup-venv.sh
 workdir=${1:-runs/digits}
-rm -rf "$workdir"
+# Remove only the two run folders this script writes, never the folder it is given.
+rm -rf "$workdir/uninterrupted" "$workdir/preempted"
 mkdir -p "$workdir"
 
 echo "== uninterrupted run"

@@ -243,3 +243,40 @@ def background_module_store():
     from runner.checkpoint import api
 
     return api.store
+
+
+SAVE_AND_EXIT = textwrap.dedent("""
+    import multiprocessing, sys
+    import torch
+    import runner
+
+    class State:
+        exp_counter = 4
+
+    def save(path):
+        state = State()
+        state.weights = torch.arange(16 << 20, dtype=torch.float32)  # 64 MiB: still writing when the script ends
+        runner.save_checkpoint(state, path, background=True)
+
+    if __name__ == "__main__":
+        if sys.argv[2] == "child":  # multiprocessing joins the child's threads, then leaves through os._exit
+            child = multiprocessing.get_context("fork").Process(target=save, args=(sys.argv[1],))
+            child.start()
+            child.join()
+            sys.exit(child.exitcode)
+        save(sys.argv[1])
+""")
+
+
+@pytest.mark.parametrize("where", ["main", "child"])
+def test_save_in_flight_at_exit_commits(tmp_path, python, python_env, where):
+    checkpoint = tmp_path / "checkpoint.pkl"
+
+    result = subprocess.run([python, "-c", SAVE_AND_EXIT, str(checkpoint), where], env=python_env,
+                            capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert "failed" not in result.stderr
+    loaded, counter = runner.maybe_load_checkpoint(None, checkpoint)
+    assert counter == 4
+    assert torch.equal(loaded.weights, torch.arange(16 << 20, dtype=torch.float32))

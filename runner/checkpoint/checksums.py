@@ -63,11 +63,25 @@ def update_while(digest: Any, view: memoryview, work: Callable[[], Any]) -> None
 
     zlib and hashlib release the GIL on large buffers, so the two overlap on two or more cores.
     """
-    checksummed = _shared_helper().submit(digest.update, view)
+    checksummed = _in_helper(digest.update, view)
     try:
         work()
     finally:
         checksummed.result()  # the caller may reuse the memory behind ``view`` once this returns
+
+
+def _in_helper(function: Callable[..., Any], *args: Any) -> Future:
+    """Run ``function(*args)`` in the helper thread; run it here once the interpreter shuts down.
+
+    concurrent.futures refuses new work at shutdown, before the interpreter waits for non-daemon threads, and a
+    background save still writing then would fail and lose its checkpoint.
+    """
+    try:
+        return _shared_helper().submit(function, *args)
+    except RuntimeError:
+        done: Future = Future()
+        done.set_result(function(*args))
+        return done
 
 
 def _shared_helper() -> ThreadPoolExecutor:
@@ -111,13 +125,12 @@ def checksum_file(file: BinaryIO, length: int, kind: ChecksumKind,
     scratch = [memoryview(bytearray(scratch_bytes)), memoryview(bytearray(scratch_bytes))]
     scratch_done: list[Future | None] = [None, None]
     pending: list[Future] = []
-    helper = _shared_helper()
     try:
         for target, turn in _read_targets(length, regions, scratch):
             if turn is not None and scratch_done[turn] is not None:
                 scratch_done[turn].result()  # the helper thread is done with this scratch buffer
             count = _read_fully(file, target)
-            pending.append(helper.submit(digest.update, target[:count]))
+            pending.append(_in_helper(digest.update, target[:count]))
             if turn is not None:
                 scratch_done[turn] = pending[-1]
             if count < len(target):
