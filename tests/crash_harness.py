@@ -152,7 +152,8 @@ def check(path: Path, outcome: Outcome, allowed: set[int | None]) -> None:
 
 def _check_after_next_save(path: Path, counter: int, outcome: Outcome) -> None:
     folder = path.parent
-    temps = [name for name in os.listdir(folder) if tempfiles.writer_pid(CHECKPOINT_NAME, name) is not None]
+    temps = [name for name in os.listdir(folder)
+             if tempfiles.writer_pid(CHECKPOINT_NAME, name) is not None or tempfiles.is_trash(CHECKPOINT_NAME, name)]
     if temps:
         outcome.problems.append(f"temp files left after the next save: {temps}")
     kept = [status.header["exp_counter"] for status in inventory.examine_all(str(path)) if status.valid]

@@ -123,7 +123,7 @@ def test_concurrent_writers_never_interleave(tmp_path, kind):
     assert [status.valid for status in statuses] == [True, True]
     loaded, counter = runner.maybe_load_checkpoint(None, path)
     assert torch.equal(loaded.weights, torch.full((2048,), float(counter)))
-    assert [name for name in os.listdir(tmp_path) if tempfiles.TEMP_MARKER in name] == []
+    assert [name for name in os.listdir(tmp_path) if tempfiles.TEMP_MARKER in name or tempfiles.TRASH_MARKER in name] == []
 
 
 def interleaved_events(events: list[list[str]]) -> list[str]:

@@ -260,7 +260,7 @@ def test_unlink_runs_after_save_returns(tmp_path, monkeypatch):
     runner.save_checkpoint(Model(3), path)
 
     assert kept_counters(path) == [3, 2]  # the old checkpoint left its name before the save returned
-    pending = [name for name in os.listdir(tmp_path) if tempfiles.TEMP_MARKER in name]
+    pending = [name for name in os.listdir(tmp_path) if tempfiles.TRASH_MARKER in name]
     assert len(pending) == 1
     release.set()
     runner.wait_for_saves()
@@ -284,7 +284,7 @@ def test_next_save_waits_for_unlink(tmp_path, monkeypatch):
 
     assert len(unlinked) == 1  # the second save started only after the first one's old file was gone
     runner.wait_for_saves()
-    assert [name for name in os.listdir(tmp_path) if tempfiles.TEMP_MARKER in name] == []
+    assert [name for name in os.listdir(tmp_path) if tempfiles.TRASH_MARKER in name] == []
 
 
 def flip_middle_byte(path) -> None:

@@ -67,14 +67,22 @@ def test_stale_temp_of_dead_writer_removed(tmp_path):
     dead.wait()
     stale = tmp_path / f".checkpoint.pt{tempfiles.TEMP_MARKER}{dead.pid}-0badc0de"
     stale.write_bytes(b"half a checkpoint")
-    live = tmp_path / f".checkpoint.pt{tempfiles.TEMP_MARKER}{os.getpid()}-00c0ffee"
-    live.write_bytes(b"another save of this process")
+    own = tmp_path / f".checkpoint.pt{tempfiles.TEMP_MARKER}{os.getpid()}-00c0ffee"
+    own.write_bytes(b"left by a killed job whose pid this process has now")
+    trash = tmp_path / f".checkpoint.pt{tempfiles.TRASH_MARKER}5ca1ab1e"
+    trash.write_bytes(b"an old checkpoint renamed for unlinking")
     foreign = tmp_path / ".checkpoint.pt.runner-tmp-by-hand"
     foreign.write_bytes(b"not runner's")
+    with subprocess.Popen(["sleep", "60"]) as other:
+        live = tmp_path / f".checkpoint.pt{tempfiles.TEMP_MARKER}{other.pid}-00c0ffee"
+        live.write_bytes(b"maybe a save on another host that the lock does not exclude")
 
-    runner.save_checkpoint(crash_harness.Model(1), path)
+        runner.save_checkpoint(crash_harness.Model(1), path)
+        other.kill()
 
     assert not stale.exists()
+    assert not own.exists()
+    assert not trash.exists()
     assert live.exists()
     assert foreign.exists()
     assert runner.maybe_load_checkpoint(None, path)[1] == 1

@@ -2,10 +2,10 @@
 
 Unlinking a large file takes time in proportion to its size, because the filesystem frees its blocks and the
 kernel drops its cached pages: 40 ms of a 187 ms save of 256 MiB on ext4 in this project's benchmarks. So
-retention renames each file it removes to a temp file name, which takes microseconds and removes it from the
+retention renames each file it removes to a trash name, which takes microseconds and removes it from the
 checkpoint's names at once, and a worker thread unlinks it while training goes on. The next save,
 ``wait_for_saves()``, a preempted job's stop and the interpreter's exit wait for the worker. A kill before the
-unlink leaves a temp file of a dead writer, which the next save removes.
+unlink leaves the trash file, which the next save removes.
 """
 
 from __future__ import annotations

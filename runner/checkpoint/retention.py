@@ -71,7 +71,7 @@ def prune(path: str, keep: int, run_id: str | None) -> list[str]:
 
     A numbered file that is not a runner checkpoint, or that belongs to another run, is neither counted nor
     removed: ``<path>.<n>`` could be a file of the user's or another run's checkpoint path. Each file to remove
-    is renamed to a temp file name and unlinked by a worker thread (see ``discard``). A file that cannot be
+    is renamed to a trash name and unlinked by a worker thread (see ``discard``). A file that cannot be
     removed is logged and left for the next save, because the new checkpoint is committed by then and the save
     must not fail.
     """
@@ -79,7 +79,7 @@ def prune(path: str, keep: int, run_id: str | None) -> list[str]:
     own = [old_path for _, old_path in numbered_checkpoints(path) if _belongs_to_run(old_path, run_id)]
     for old_path in own[keep - 1:]:
         faults.reached("pruning")
-        trash = tempfiles.temp_path_for(path)
+        trash = tempfiles.trash_path_for(path)
         try:
             os.rename(old_path, trash)
         except FileNotFoundError:

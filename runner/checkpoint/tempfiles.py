@@ -1,8 +1,9 @@
-"""Temp files of the save transaction: their names, their safe creation, and removing those of dead writers.
+"""Temp files of the save transaction: their names, their safe creation, and removing those left behind.
 
 Every temp file of runner is named ``.<checkpoint name>.runner-tmp-<pid>-<random hex>`` in the checkpoint's folder.
-Clean-up removes only names of exactly that form, so nothing else in the folder is ever touched.
-"""
+Old checkpoints that retention removes are first renamed to ``.<checkpoint name>.runner-old-<random hex>`` and
+unlinked by a worker thread (see ``discard``). Clean-up removes only names of exactly these forms, so nothing else
+in the folder is ever touched."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import secrets
 logger = logging.getLogger(__name__)
 
 TEMP_MARKER = ".runner-tmp-"
+TRASH_MARKER = ".runner-old-"
 _OWNER_ONLY = 0o600
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_ATTEMPTS = 8
@@ -22,6 +24,11 @@ _CREATE_ATTEMPTS = 8
 def temp_path_for(path: str) -> str:
     folder, name = os.path.split(path)
     return os.path.join(folder, f".{name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def trash_path_for(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}{TRASH_MARKER}{secrets.token_hex(8)}")
 
 
 def create_temp(path: str) -> tuple[int, str]:
@@ -48,29 +55,37 @@ def writer_pid(checkpoint_name: str, entry_name: str) -> int | None:
 
 
 def remove_stale_temps(path: str) -> list[str]:
-    """Remove the temp files of ``path`` whose writer is not running on this host; return their paths.
+    """Remove the temp files of ``path`` left by writers that no longer write, and all its trash; return their paths.
 
     Call it only under the checkpoint's lock: a writer creates its temp file only while holding the lock, so a
-    temp file seen under the lock is left over from a writer that was killed or crashed, or is an old checkpoint
-    that retention renamed for its worker thread to unlink (see ``discard``). Skipping live pids keeps a temp file
-    of this very process, and one whose pid was reused, until a later save.
+    temp file seen under the lock is left over from a writer that was killed or crashed. That holds for this very
+    process too, whose pid a killed job's pid may equal in a new pid namespace. Temp files of other live pids
+    stay: on a filesystem where the lock does not exclude other hosts, their writers may still be at work. Trash
+    is an old checkpoint that its owner was about to unlink anyway, so it goes whoever renamed it.
     """
     folder, name = os.path.split(path)
     removed = []
     for entry in os.scandir(folder or "."):
         pid = writer_pid(name, entry.name)
-        if pid is None or _is_running(pid):
+        if pid is not None and pid != os.getpid() and _is_running(pid):
+            continue
+        if pid is None and not is_trash(name, entry.name):
             continue
         try:
             os.unlink(entry.path)  # unlink removes a symlink itself, never its target
         except FileNotFoundError:
             continue
         except OSError as error:
-            logger.warning("could not remove stale temp file %s of dead writer pid %d: %s", entry.path, pid, error)
+            logger.warning("could not remove leftover file %s: %s", entry.path, error)
             continue
-        logger.info("removed stale temp file %s of dead writer pid %d", entry.path, pid)
+        logger.info("removed leftover file %s of an earlier save", entry.path)
         removed.append(entry.path)
     return removed
+
+
+def is_trash(checkpoint_name: str, entry_name: str) -> bool:
+    """Tell whether ``entry_name`` is an old checkpoint of ``checkpoint_name`` renamed for unlinking."""
+    return re.fullmatch(re.escape(f".{checkpoint_name}{TRASH_MARKER}") + r"[0-9a-f]+", entry_name) is not None
 
 
 def remove_temp(temp_path: str) -> bool:
