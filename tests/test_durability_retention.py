@@ -316,3 +316,26 @@ def test_unchecked_newest_verified_in_full(tmp_path, monkeypatch):
     runner.save_checkpoint(Model(3), path)
 
     assert kept_counters(path) == [3, 1]
+
+
+def test_foreign_file_at_path_not_replaced(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"weights": torch.ones(4)}, path)
+    before = path.read_bytes()
+
+    with pytest.raises(CheckpointSaveError) as caught:
+        runner.save_checkpoint(Model(1), path)
+
+    assert "not a runner checkpoint" in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert path.read_bytes() == before
+
+
+def test_damaged_checkpoint_at_path_replaced(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, [1])
+    path.write_bytes(path.read_bytes()[:20])  # a runner checkpoint cut short
+
+    runner.save_checkpoint(Model(2), path)
+
+    assert kept_counters(path) == [2]

@@ -23,7 +23,8 @@ import stat
 from typing import IO, Any, Callable
 
 from runner.checkpoint import discard, faults, fileformat, known_good, locks, retention, settings, tempfiles
-from runner.errors import CheckpointError, CheckpointSaveError, UntrustedCheckpointError
+from runner.errors import (CheckpointSaveError, CorruptCheckpointError, UnsupportedCheckpointError,
+                           UntrustedCheckpointError)
 
 logger = logging.getLogger(__name__)
 
@@ -155,12 +156,18 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 def _check_same_run(path: str, run_id: str | None) -> None:
-    """Raise CheckpointSaveError if ``path`` contains a checkpoint of another run, which the save would replace."""
+    """Raise CheckpointSaveError if ``path`` contains a checkpoint of another run, or a file that is not a runner
+    checkpoint at all, which the save would replace."""
     try:
         with open(path, "rb") as file:
+            start = file.read(len(fileformat.MAGIC))
+            if not fileformat.MAGIC.startswith(start):
+                raise CheckpointSaveError(
+                    f"cannot save checkpoint {path}: the file there is not a runner checkpoint (it starts with "
+                    f"{start!r}), and a save would replace it. Move it away, or save to another path", path)
             header = fileformat.read_header(file, path)
-    except (OSError, CheckpointError):
-        return  # a missing or damaged file has no run to protect
+    except (OSError, CorruptCheckpointError, UnsupportedCheckpointError):
+        return  # a missing, empty or damaged checkpoint, or one of a newer runner, has no run to protect here
     owner = header.get("run_id")
     if owner != run_id:
         raise CheckpointSaveError(
