@@ -165,3 +165,35 @@ def test_empty_path_rejected():
 def test_folder_path_rejected(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         runner.save_checkpoint(Strategy(), tmp_path)
+
+
+def test_folder_path_rejected_on_load(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        runner.maybe_load_checkpoint(Strategy(), tmp_path)
+
+
+@pytest.mark.parametrize("action", ["save", "load"])
+def test_path_inside_file_rejected(tmp_path, action):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    path = tmp_path / "notes.txt" / "checkpoint.pkl"
+
+    with pytest.raises(ValueError, match="which is a file, not a folder"):
+        if action == "save":
+            runner.save_checkpoint(Strategy(), path)
+        else:
+            runner.maybe_load_checkpoint(Strategy(), path)
+
+
+def test_symlink_path_rejected_on_save(tmp_path):
+    (tmp_path / "scratch").mkdir()
+    saved = Strategy()
+    saved.exp_counter = 3
+    runner.save_checkpoint(saved, tmp_path / "scratch" / "checkpoint.pkl")
+    link = tmp_path / "checkpoint.pkl"
+    link.symlink_to(tmp_path / "scratch" / "checkpoint.pkl")
+
+    with pytest.raises(ValueError, match="is a symlink"):
+        runner.save_checkpoint(Strategy(), link)
+
+    assert link.is_symlink()
+    assert runner.maybe_load_checkpoint(Strategy(), link)[1] == 3  # loading through the link still works

@@ -138,7 +138,7 @@ def maybe_load_checkpoint(
     registry = None if unique_objects is None else register_unique_objects(unique_objects)
     if streams.is_stream(fname):
         return _load_stream(strategy, fname, map_location, registry, trust)
-    path = os.fspath(fname)
+    path = _checked_path(fname, saving=False)
     run_id = settings.resolve_run_id(run_id)
     if not os.path.lexists(path) and not inventory.checkpoint_files(path):  # listing the folder costs more
         logger.info("no checkpoint at %s, starting from experience 0", path)
@@ -161,14 +161,26 @@ def maybe_load_checkpoint(
     return loaded, counter
 
 
-def _checked_path(fname: str | os.PathLike) -> str:
-    """Return ``fname`` as a str; raise ValueError when it is empty or names a folder."""
+def _checked_path(fname: str | os.PathLike, saving: bool = True) -> str:
+    """Return ``fname`` as a str, checked for a save or a load.
+
+    Raise ValueError when it is empty, names a folder, or lies inside a file. A save also refuses a symlink.
+    """
     path = os.fspath(fname)
     if not path:
         raise ValueError("the checkpoint path is empty: pass a file path such as 'runs/checkpoint.pkl'")
     if os.path.isdir(path):
         raise ValueError(f"the checkpoint path {path} is a folder: pass a file path inside it, such as "
                          f"{os.path.join(path, 'checkpoint.pkl')}")
+    folder = os.path.dirname(path)
+    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"the checkpoint path {path} lies inside {folder}, which is a file, not a folder: "
+                         "pass a path in a folder")
+    if saving and os.path.islink(path):
+        raise ValueError(
+            f"the checkpoint path {path} is a symlink to {os.readlink(path)}: a save renames a new file over the "
+            "path, which would replace the link instead of writing there. Pass the link's target as the path, or "
+            "link the folder instead")
     return path
 
 

@@ -116,6 +116,10 @@ def check_commit_record(file: BinaryIO, path: str) -> tuple[int, int, int, Any, 
     size = file.tell()
     if size == 0:
         raise CorruptCheckpointError(f"checkpoint {path} is empty (0 bytes)", path)
+    file.seek(0)
+    start = file.read(len(MAGIC))
+    if not MAGIC.startswith(start):
+        raise CorruptCheckpointError(f"{path} is not a runner checkpoint: it does not start with {MAGIC!r}", path)
     if size < _MIN_SIZE:
         raise CorruptCheckpointError(
             f"checkpoint {path} is truncated: {size} bytes, fewer than the {_MIN_SIZE} of the smallest checkpoint", path)
