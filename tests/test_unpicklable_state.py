@@ -152,3 +152,16 @@ def test_standard_streams_still_pickle(tmp_path):
 class Refuses:
     def __getstate__(self):
         raise NotImplementedError("Refuses cannot be pickled")
+
+
+def test_thread_attribute_excluded_whole(tmp_path):
+    path = tmp_path / "checkpoint.pkl"
+    strategy = Strategy(plugins=[Plugin(iterator=threading.Thread(target=print))])
+
+    with pytest.raises(CheckpointSaveError) as raised:
+        runner.save_checkpoint(strategy, path)
+
+    message = str(raised.value)
+    assert "strategy.plugins[0].iterator._started" in message  # where the lock sits, inside the Thread
+    assert "exclude=['plugins[0].iterator']" in message  # and what to leave out: the Thread, not its lock
+    runner.save_checkpoint(strategy, path, exclude=["plugins[0].iterator"])

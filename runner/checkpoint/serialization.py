@@ -7,6 +7,7 @@ while unpickling (a constructor drawing random numbers, say) changes the restore
 
 from __future__ import annotations
 
+import sys
 from typing import IO, Any, Iterable
 
 import torch
@@ -80,7 +81,7 @@ def _advice(finding: locate.Finding, root: str, strategy: Any) -> str:
         return "Give its class a __getstate__ that returns only picklable state."
     holder = locate.Finding(finding.steps[:-1], None, finding.error).path(root)
     rebuild = f"give the class of {holder} a __getstate__ that drops it and a __setstate__ that rebuilds it"
-    steps = finding.excludable_steps()
+    steps = _before_standard_library(strategy, finding.excludable_steps())
     exclude_path = objectpath.format_path(steps) if steps else None
     if exclude_path is None or not _can_exclude(strategy, exclude_path):
         return f"To fix it, {rebuild}, or exclude the attribute that holds it."
@@ -88,6 +89,27 @@ def _advice(finding: locate.Finding, root: str, strategy: Any) -> str:
         return f"Leave it out with save_checkpoint(..., exclude=[{exclude_path!r}]), or {rebuild}."
     return (f"Leave out {root}.{exclude_path}, which holds it, with save_checkpoint(..., "
             f"exclude=[{exclude_path!r}]), or give the class that holds it a __getstate__ that drops it.")
+
+
+def _before_standard_library(strategy: Any, steps: tuple[objectpath.Step, ...]) -> tuple[objectpath.Step, ...]:
+    """Return ``steps`` cut before the first attribute of a standard-library object, such as a Thread's lock: the
+    user can leave out the attribute that holds the Thread, but not change the Thread's private fields."""
+    holder = strategy
+    for index, step in enumerate(steps):
+        if index > 0 and step.is_attribute and _in_standard_library(holder):
+            prefix = steps[:index]
+            while prefix and not prefix[-1].is_attribute:
+                prefix = prefix[:-1]
+            return prefix or steps
+        try:
+            holder = objectpath.resolve(holder, (step,))
+        except (AttributeError, KeyError, IndexError, TypeError):  # the path no longer resolves: keep it whole
+            return steps
+    return steps
+
+
+def _in_standard_library(obj: Any) -> bool:
+    return type(obj).__module__.partition(".")[0] in sys.stdlib_module_names
 
 
 def _can_exclude(strategy: Any, path: str) -> bool:
