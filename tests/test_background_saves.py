@@ -31,10 +31,10 @@ def no_save_in_flight():
 
 
 def unwritable(tmp_path):
-    """Return a checkpoint path whose folder is a regular file, where every save fails, even as root."""
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("")
-    return blocker / "checkpoint.pkl"
+    """Return a checkpoint path whose lock file is a folder, where every save fails in the worker, even as root."""
+    folder = tmp_path / "blocked-lock"
+    (folder / "checkpoint.pkl.lock").mkdir(parents=True)
+    return folder / "checkpoint.pkl"
 
 
 def counter_in(path) -> int:
@@ -102,7 +102,7 @@ def test_failed_save_raised_by_next_save(tmp_path):
     path = tmp_path / "checkpoint.pkl"
     runner.save_checkpoint(State(1.0), unwritable(tmp_path), background=True)
 
-    with pytest.raises(CheckpointError, match="not-a-folder"):
+    with pytest.raises(CheckpointError, match="blocked-lock"):
         runner.save_checkpoint(State(2.0), path, background=True)
 
     assert not path.exists()  # the failing call started no save
@@ -114,7 +114,7 @@ def test_failed_save_raised_by_next_save(tmp_path):
 def test_failed_save_raised_by_wait(tmp_path):
     runner.save_checkpoint(State(1.0), unwritable(tmp_path), background=True)
 
-    with pytest.raises(CheckpointError, match="not-a-folder"):
+    with pytest.raises(CheckpointError, match="blocked-lock"):
         runner.wait_for_saves()
 
     runner.wait_for_saves()  # the error is raised once
@@ -123,7 +123,7 @@ def test_failed_save_raised_by_wait(tmp_path):
 def test_failed_save_raised_by_synchronous_save(tmp_path):
     runner.save_checkpoint(State(1.0), unwritable(tmp_path), background=True)
 
-    with pytest.raises(CheckpointError, match="not-a-folder"):
+    with pytest.raises(CheckpointError, match="blocked-lock"):
         runner.save_checkpoint(State(2.0), tmp_path / "checkpoint.pkl")
 
 
