@@ -7,7 +7,7 @@ import datetime
 import json
 import sys
 
-from runner.checkpoint import inventory
+from runner.checkpoint import inventory, tempfiles
 
 EXIT_INVALID = 1
 """Exit status of ``runner verify`` when the newest checkpoint is invalid or there is none."""
@@ -20,7 +20,8 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "List the checkpoint at PATH and the older ones kept beside it (PATH.<n>), newest first, with the "
             "experience counter, size, time written, run id, and whether each is valid or why not. Each file's "
-            "size, commit record and checksum are checked; nothing is unpickled."
+            "size, commit record and checksum are checked; nothing is unpickled. Then list the temp files and "
+            "renamed old checkpoints of PATH that a save left behind, with their sizes."
         ),
     )
     _add_common_arguments(parser)
@@ -60,6 +61,8 @@ def run_inspect(args: argparse.Namespace) -> int:
             print(json.dumps(_as_record(status), sort_keys=True))
         return 0
     _print_table(statuses)
+    for leftover, size, what in tempfiles.leftovers(args.path):
+        print(f"leftover: {leftover} ({_size_text(size)}), {what}; the next save removes it unless its writer runs")
     return 0
 
 

@@ -151,3 +151,14 @@ def test_load_sets_tripwire(checkpoints):
     runner.maybe_load_checkpoint(None, path, run_id="run-a")
 
     assert marker.exists()  # so the checks above would see an unpickling
+
+
+def test_inspect_lists_leftovers(checkpoints, cli):
+    path, _ = checkpoints
+    trash = path.parent / f".{path.name}.runner-old-5ca1ab1e"
+    trash.write_bytes(b"x" * 2000)
+
+    result = cli("inspect", str(path))
+
+    assert result.returncode == 0, result.stderr
+    assert f"leftover: {trash} (2.0 kB), an old checkpoint renamed for unlinking" in result.stdout

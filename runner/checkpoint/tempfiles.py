@@ -83,6 +83,30 @@ def remove_stale_temps(path: str) -> list[str]:
     return removed
 
 
+def leftovers(path: str) -> list[tuple[str, int, str]]:
+    """Return ``(file path, size, what it is)`` for each temp or trash file of ``path`` that exists now."""
+    folder, name = os.path.split(path)
+    found = []
+    try:
+        entries = list(os.scandir(folder or "."))
+    except OSError:
+        return []
+    for entry in sorted(entries, key=lambda entry: entry.name):
+        pid = writer_pid(name, entry.name)
+        if pid is None and not is_trash(name, entry.name):
+            continue
+        try:
+            size = entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+        if pid is None:
+            what = "an old checkpoint renamed for unlinking"
+        else:
+            what = f"a temp file of pid {pid}, {'running' if _is_running(pid) else 'not running'} on this host"
+        found.append((entry.path, size, what))
+    return found
+
+
 def is_trash(checkpoint_name: str, entry_name: str) -> bool:
     """Tell whether ``entry_name`` is an old checkpoint of ``checkpoint_name`` renamed for unlinking."""
     return re.fullmatch(re.escape(f".{checkpoint_name}{TRASH_MARKER}") + r"[0-9a-f]+", entry_name) is not None
