@@ -61,8 +61,8 @@ def run_inspect(args: argparse.Namespace) -> int:
             print(json.dumps(_as_record(status), sort_keys=True))
         return 0
     _print_table(statuses)
-    for leftover, size, what in tempfiles.leftovers(args.path):
-        print(f"leftover: {leftover} ({_size_text(size)}), {what}; the next save removes it unless its writer runs")
+    for leftover, size, description in tempfiles.leftovers(args.path):
+        print(f"leftover: {leftover} ({_size_text(size)}), {description}; the next save removes it unless its writer runs")
     return 0
 
 

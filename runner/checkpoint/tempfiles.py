@@ -84,7 +84,7 @@ def remove_stale_temps(path: str) -> list[str]:
 
 
 def leftovers(path: str) -> list[tuple[str, int, str]]:
-    """Return ``(file path, size, what it is)`` for each temp or trash file of ``path`` that exists now."""
+    """Return ``(file path, size, description)`` for each temp or trash file of ``path`` that exists now."""
     folder, name = os.path.split(path)
     found = []
     try:
@@ -100,10 +100,10 @@ def leftovers(path: str) -> list[tuple[str, int, str]]:
         except OSError:
             continue
         if pid is None:
-            what = "an old checkpoint renamed for unlinking"
+            description = "an old checkpoint renamed for unlinking"
         else:
-            what = f"a temp file of pid {pid}, {'running' if _is_running(pid) else 'not running'} on this host"
-        found.append((entry.path, size, what))
+            description = f"a temp file of pid {pid}, {'running' if _is_running(pid) else 'not running'} on this host"
+        found.append((entry.path, size, description))
     return found
 
 
