@@ -20,6 +20,7 @@ from runner.backends.schedule import (
     parse_delay_range,
 )
 from runner.cli_checkpoints import add_inspect_parser, add_verify_parser
+from runner.cli_command import command_after_separator
 from runner.cli_submit import add_submit_parser
 
 EXIT_COMMAND_NOT_FOUND = 127
@@ -118,9 +119,7 @@ def add_local_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_local(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.subcommand_parser
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("missing command: put it after '--', such as: runner local --preempt-after 60 -- python train.py")
+    command = command_after_separator(parser, args.command, "runner local --preempt-after 60 -- python train.py")
     if args.signal_tasks is not None and max(args.signal_tasks) >= args.ntasks:
         parser.error(
             f"--signal-tasks names rank {max(args.signal_tasks)}, but the job has {args.ntasks} task(s), "

@@ -10,6 +10,7 @@ from runner.backends.commands import CommandError
 from runner.backends.sbatch import LAYOUTS, SbatchOptions, SignalSpec, time_limit_minutes, validate_extra_option
 from runner.backends.slurm import Submission, job_script, submit_command, submit_job_script, submitit_script
 from runner.backends.wait import wait_for_job
+from runner.cli_command import command_after_separator
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +66,7 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_submit(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.subcommand_parser
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("missing command: put it after '--', such as: runner submit --time 60 -- python train.py")
+    command = command_after_separator(parser, args.command, "runner submit --time 60 -- python train.py")
     if args.wait and args.dry_run:
         parser.error("--wait and --dry-run do not go together: a dry run submits no job to wait for")
     try:

@@ -398,7 +398,13 @@ def test_cli_passes_job_options_through():
     check_argv = "import sys; sys.exit(0 if sys.argv[1:] == ['--grace', '-1', '--'] else 1)"
 
     assert main(["local", "--", sys.executable, "-c", check_argv, "--grace", "-1", "--"]) == 0
-    assert main(["local", sys.executable, "-c", check_argv, "--grace", "-1", "--"]) == 0
+
+
+def test_cli_command_needs_separator(capsys):
+    with pytest.raises(SystemExit):
+        main(["local", "--grace", "1", "stray", "--preempt-after", "1", "--", "true"])
+
+    assert "put the command after '--'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

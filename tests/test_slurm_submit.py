@@ -111,3 +111,11 @@ def test_cli_submitit_dry_run(run_cli, tmp_path):
     assert "export RUNNER_MAX_REQUEUES=2" in result.stdout.splitlines()
     assert f"#SBATCH --output={tmp_path}/%j_0_log.out" in result.stdout.splitlines()
     assert list(tmp_path.iterdir()) == [], "a dry run must create nothing"
+
+
+def test_cli_dry_run_after_stray_word_refused(run_cli):
+    result = run_cli("--template", "single", "python", "x.py", "--dry-run")
+
+    assert result.returncode == 2
+    assert "put the command after '--'" in result.stderr
+    assert "'python' came first" in result.stderr
