@@ -13,6 +13,7 @@ import pytest
 
 from runner.backends.sbatch import SbatchOptions, SignalSpec, quote_directive_value, render, render_job_script
 from runner.backends.slurm import Submission, job_script, submitit_script
+from runner.cli import main
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -175,3 +176,17 @@ def test_extra_option_not_prefix_accepted():
 def test_signal_spec_rejects_uncatchable(name):
     with pytest.raises(ValueError, match=f"invalid --signal {name}"):
         SignalSpec.parse(f"{name}@60")
+
+
+@pytest.mark.parametrize("option", [["--job-name", "x\ntouch pwned #"], ["--sbatch-arg", "comment=x\ntouch pwned"],
+                                    ["--folder", "logs\ntouch pwned"]])
+def test_submitit_script_line_break_rejected(tmp_path, option, capsys):
+    with pytest.raises(SystemExit):
+        main(["submit", "--dry-run", *option, "--", "python", "train.py"])
+
+    assert "line break" in capsys.readouterr().err
+
+
+def test_percent_in_folder_rejected():
+    with pytest.raises(ValueError, match="without '%'"):
+        Submission(OPTIONS, "logs%j").absolute_folder()

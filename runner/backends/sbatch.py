@@ -196,14 +196,19 @@ def time_limit_minutes(text: str) -> int | None:
     return -(-seconds // 60)
 
 
+def check_one_line(value: str) -> None:
+    """Raise ValueError naming ``value`` when it contains a line break or NUL byte, which would end a directive."""
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ValueError(f"invalid #SBATCH value {value!r}: it contains a line break or NUL byte, which would end "
+                         "the directive; remove it")
+
+
 def quote_directive_value(value: str) -> str:
     """Quote a value for an ``#SBATCH`` line, which sbatch splits at blanks and reads ``"``, ``\\"`` and ``\\\\`` in.
 
     sbatch 22.05 reads ``--job-name="a b\\"c"`` as ``a b"c``. A line break or NUL byte cannot be quoted there.
     """
-    if "\n" in value or "\r" in value or "\0" in value:
-        raise ValueError(f"invalid #SBATCH value {value!r}: it contains a line break or NUL byte, which would end "
-                         "the directive; remove it")
+    check_one_line(value)
     if _BARE_VALUE.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

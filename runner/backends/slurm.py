@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from runner.backends.commands import run_command
-from runner.backends.sbatch import SbatchOptions, export_lines, job_exports, render_job_script, time_limit_minutes
+from runner.backends.sbatch import (SbatchOptions, check_one_line, export_lines, job_exports, render_job_script,
+                                    time_limit_minutes)
 from runner.environment import JobEnvironment
 from runner.preemption import PreemptionWatcher
 from runner.requeue import MAX_REQUEUES_VAR
@@ -52,7 +53,12 @@ class Submission:
         return exports
 
     def absolute_folder(self) -> Path:
-        return Path(self.folder).expanduser().absolute()
+        """Return the log folder as an absolute path; raise ValueError for one that sbatch would rewrite."""
+        folder = Path(self.folder).expanduser().absolute()
+        if "%" in str(folder):
+            raise ValueError(f"invalid log folder {str(folder)!r}: sbatch expands patterns such as %j in log paths, "
+                             "so a folder name with '%' would change; choose one without '%'")
+        return folder
 
 
 # submitit
@@ -99,7 +105,10 @@ def submitit_parameters(submission: Submission) -> dict[str, Any]:
     """Return the keyword arguments of ``SlurmExecutor.update_parameters`` for this submission."""
     options = submission.options
     signal_spec = options.signal.for_layout(batch_only=False)
+    check_one_line(str(submission.absolute_folder()))
     for key, value in options.directives():
+        if isinstance(value, str):
+            check_one_line(value)
         if isinstance(value, str) and "\\" in value:
             # submitit quotes #SBATCH values with shlex.quote, and sbatch reads a backslash inside '...' as an escape.
             raise ValueError(f"invalid --{key} {value!r}: submitit cannot pass a backslash to sbatch; remove it, "
