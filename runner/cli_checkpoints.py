@@ -7,7 +7,7 @@ import datetime
 import json
 import sys
 
-from runner.checkpoint import inventory, tempfiles
+from runner.checkpoint import inventory, settings, tempfiles
 
 EXIT_INVALID = 1
 """Exit status of ``runner verify`` when the newest checkpoint is invalid or there is none."""
@@ -35,8 +35,8 @@ def add_verify_parser(subparsers: argparse._SubParsersAction) -> None:
         help="exit 0 if the newest checkpoint of a path is valid, 1 if not",
         description=(
             "Check the newest checkpoint of PATH as loading would, without unpickling it: exit 0 when it is valid, "
-            f"{EXIT_INVALID} when it is invalid or there is no checkpoint. Older kept checkpoints are reported but do "
-            "not change the exit status."
+            f"{EXIT_INVALID} when it is invalid, untrusted (another user could have written it) or there is none. "
+            "Older kept checkpoints are reported but do not change the exit status."
         ),
     )
     _add_common_arguments(parser)
@@ -47,7 +47,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", help="the checkpoint path, as passed to save_checkpoint")
     parser.add_argument(
         "--run-id", metavar="ID",
-        help="count a checkpoint as valid only if it belongs to run ID (default: accept every run)",
+        help=f"count a checkpoint as valid only if it belongs to run ID (default: {settings.RUN_ID_ENV_VAR} when set, "
+             "else accept every run)",
     )
 
 
@@ -74,8 +75,10 @@ def run_verify(args: argparse.Namespace) -> int:
     newest = statuses[0]
     if newest.number is not None:
         print(f"note: {args.path} is missing; the newest checkpoint is {newest.path}")
-    if newest.untrusted:
-        print(f"note: loading {newest.path} needs trust=True: {newest.untrusted}")
+    if newest.untrusted and not settings.trust_from_environment():
+        print(f"untrusted: {newest.path}: {newest.untrusted}, so loading refuses it unless trust=True or "
+              f"{settings.TRUST_ENV_VAR}=1")
+        return EXIT_INVALID
     if newest.valid:
         print(f"valid: {newest.path} (experience {_field(newest, 'exp_counter')}, {_size_text(newest.size)})")
         return 0
@@ -89,8 +92,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _examine(args: argparse.Namespace) -> list[inventory.CheckpointStatus]:
-    run_id = inventory.ANY_RUN if args.run_id is None else args.run_id
-    return inventory.examine_all(args.path, run_id)
+    run_id = args.run_id if args.run_id is not None else settings.resolve_run_id(None)
+    return inventory.examine_all(args.path, inventory.ANY_RUN if run_id is None else run_id)
 
 
 def _print_table(statuses: list[inventory.CheckpointStatus]) -> None:
@@ -101,7 +104,7 @@ def _print_table(statuses: list[inventory.CheckpointStatus]) -> None:
             str(_field(status, "exp_counter")),
             _size_text(status.size),
             _written_text(status),
-            str(_field(status, "run_id")),
+            str(_field(status, "run_id") if _field(status, "run_id", None) is not None else "-"),
             "valid" if status.valid else f"invalid: {status.problem}",
         ))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]

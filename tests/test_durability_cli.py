@@ -162,3 +162,25 @@ def test_inspect_lists_leftovers(checkpoints, cli):
 
     assert result.returncode == 0, result.stderr
     assert f"leftover: {trash} (2.0 kB), an old checkpoint renamed for unlinking" in result.stdout
+
+
+def test_verify_reads_run_id_variable(checkpoints, cli, python_env):
+    path, _ = checkpoints
+    python_env["RUNNER_RUN_ID"] = "run-b"
+
+    result = cli("verify", str(path))
+
+    assert result.returncode == 1
+    assert "belongs to run 'run-a'" in result.stdout
+
+
+def test_verify_untrusted_exits_one(checkpoints, cli, python_env):
+    path, _ = checkpoints
+    os.chown(path, 65534, -1)  # nobody
+
+    result = cli("verify", str(path))
+
+    assert result.returncode == 1
+    assert "untrusted" in result.stdout
+    python_env["RUNNER_TRUST_CHECKPOINTS"] = "1"
+    assert cli("verify", str(path)).returncode == 0

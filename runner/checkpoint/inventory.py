@@ -162,8 +162,10 @@ def _check(file: BinaryIO, path: str, number: int | None, run_id: object,
 def _reason(error: Exception, path: str) -> str:
     """Return the error's message without the leading "checkpoint <path>", which the listing shows already."""
     message = str(error)
-    prefix = f"checkpoint {path} "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    for prefix in (f"checkpoint {path} ", f"{path} "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
 
 
 def _skip(status: CheckpointStatus) -> CheckpointStatus:

@@ -31,7 +31,7 @@ def numbered_checkpoints(path: str) -> list[tuple[int, str]]:
     pattern = re.escape(name) + r"\.([0-9]+)"
     try:
         entries = os.listdir(folder or ".")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     found = []
     for entry in entries:
