@@ -23,7 +23,8 @@ TASK_SCRIPT = r'''
 argv: RECORD_PATH RUN_S MODE_0 MODE_1 ... (one mode per rank)
 MODE: requeue (on the preemption signal create $RUNNER_REQUEUE_FILE and exit 75), exit75 (on the signal exit 75
 without the file), exit1 (on the signal exit 1), ignore (keep running RUN_S), fail (exit 3 at once), hang (ignore
-SIGTERM and run RUN_S), default (no handler, so the preemption signal kills it).
+SIGTERM and run RUN_S), default (no handler, so the preemption signal kills it), requeue_on_term (on SIGTERM create
+$RUNNER_REQUEUE_FILE and exit 75, as runner's watcher does by default).
 An attempt with SLURM_RESTART_COUNT >= 1 exits 0 at once.
 """
 import json, os, signal, sys, time
@@ -41,7 +42,7 @@ def record(kind, **fields):
 
 
 signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
-if mode == "hang":
+if mode in ("hang", "requeue_on_term"):
     signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
 if mode == "default":
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)
@@ -57,6 +58,9 @@ while time.monotonic() - started < run_s:
         record("signal", signal=signal.Signals(received[seen]).name)
         seen += 1
         if mode == "requeue" and received[seen - 1] == signal.SIGUSR1:
+            open(os.environ["RUNNER_REQUEUE_FILE"], "w").close()
+            sys.exit(75)
+        if mode == "requeue_on_term" and received[seen - 1] == signal.SIGTERM:
             open(os.environ["RUNNER_REQUEUE_FILE"], "w").close()
             sys.exit(75)
         if mode == "exit75" and received[seen - 1] == signal.SIGUSR1:
@@ -263,3 +267,12 @@ def test_cli_signals_chosen_task(tasks, capfd):
     assert "3 tasks, pids" in stderr
     assert "sent SIGUSR1 to task 0 (pid " in stderr
     assert "task 1 (pid" not in stderr
+
+
+def test_failed_task_ends_job_despite_requeue(tasks):
+    scheduler = LocalScheduler(tasks(30.0, "requeue_on_term", "fail"), ntasks=2, max_restarts=2)
+
+    assert scheduler.run() == 3  # the failed task's status, not a requeue that the scheduler's SIGTERM caused
+    (attempt,) = scheduler.result.attempts
+    assert attempt.failed_rank == 1
+    assert attempt.requeue_requested

@@ -264,6 +264,12 @@ class LocalScheduler:
         if self._stop.signal is not None:
             logger.warning("[job %d] not restarting: the scheduler received %s", self.job_id, self._stop.signal.name)
             return False
+        if attempt.failed_rank is not None and not attempt.preempted:
+            # A task failed on its own and the scheduler stopped the others, as srun --kill-on-bad-exit does: a
+            # requeue they asked for after that stop is not a preemption's, and a restart would fail the same way.
+            logger.warning("[job %d] not restarting: task %d exited with status %d while the others ran",
+                           self.job_id, attempt.failed_rank, attempt.exit_status)
+            return False
         self._hint_if_killed_by_preemption_signal(attempt)
         killing_signal = attempt.killing_signal
         if attempt.requeue_requested:
@@ -313,7 +319,8 @@ class LocalScheduler:
 
     def _final_status(self, attempt: Attempt) -> int:
         assert attempt.exit_status is not None
-        refused = attempt.requeue_requested and not attempt.requeued and self._stop.signal is None
+        failed_alone = attempt.failed_rank is not None and not attempt.preempted
+        refused = attempt.requeue_requested and not attempt.requeued and self._stop.signal is None and not failed_alone
         return exitcodes.REQUEUE_LIMIT if refused else attempt.exit_status
 
 
