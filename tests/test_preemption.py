@@ -46,6 +46,15 @@ def test_watcher_calls_previous_handler():
         signal.signal(signal.SIGUSR1, previous)
 
 
+def test_watcher_on_sigint_raises_no_keyboard_interrupt():
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with PreemptionWatcher(["INT"]) as watcher:
+        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt here if passed on to Python's handler
+
+        assert watcher.requested
+        assert watcher.first.signal == signal.SIGINT
+
+
 def test_watcher_signal_from_environment(monkeypatch):
     monkeypatch.setenv("RUNNER_PREEMPT_SIGNAL", "USR2")
 
