@@ -340,7 +340,8 @@ def test_cli_logs_each_event(job):
 
 @pytest.mark.parametrize(
     ("stop_signal", "mode", "expected_status"),
-    [(signal.SIGTERM, "ignore", 128 + signal.SIGTERM), (signal.SIGINT, "ignore-term", 128 + signal.SIGKILL)],
+    [(signal.SIGTERM, "ignore", 128 + signal.SIGTERM), (signal.SIGINT, "ignore-term", 128 + signal.SIGKILL),
+     (signal.SIGHUP, "ignore", 128 + signal.SIGTERM)],
 )
 def test_stopping_scheduler_stops_job(job, stop_signal, mode, expected_status):
     process = run_cli("local", "--kill-wait", "0.3", "--", *job(mode, 20.0))

@@ -100,8 +100,8 @@ class LocalScheduler:
     def run(self) -> int:
         """Run the job until it finishes, is refused a restart or the scheduler is stopped; return its final status.
 
-        Raise CommandNotFoundError when the command cannot be started. SIGINT and SIGTERM to this process stop the
-        job (SIGTERM, then SIGKILL after kill_wait_s) without a restart; this needs the main thread.
+        Raise CommandNotFoundError when the command cannot be started. SIGINT, SIGTERM and SIGHUP to this process
+        stop the job (SIGTERM, then SIGKILL after kill_wait_s) without a restart; this needs the main thread.
         """
         _check_executable(self.command[0])
         self.result = RunResult(job_id=self.job_id)

@@ -1,4 +1,8 @@
-"""Record SIGINT and SIGTERM sent to the scheduler itself, so it can stop its job at a safe point."""
+"""Record SIGINT, SIGTERM and SIGHUP sent to the scheduler itself, so it can stop its job at a safe point.
+
+SIGHUP comes when the terminal that started the scheduler closes; without a handler the scheduler would die and
+leave its job running unsupervised, since the tasks run in sessions of their own.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,11 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopRequest:
-    """Context manager that installs handlers for SIGINT and SIGTERM which only record the signal.
+    """Context manager that installs handlers for the stop signals which only record the signal.
 
     Python lets only the main thread install signal handlers, so in another thread this records nothing and the
     signals keep their previous handlers.
