@@ -157,7 +157,7 @@ def _schedule_from_args(args: argparse.Namespace) -> PreemptionSchedule:
     if args.preempt_random is not None:
         min_s, max_s = args.preempt_random
         schedule = PreemptRandom(min_s, max_s) if args.seed is None else PreemptRandom(min_s, max_s, args.seed)
-        logging.getLogger(__name__).info("random preemption delays use --seed %d", schedule.seed)
+        logging.getLogger("runner.cli").info("random preemption delays use --seed %d", schedule.seed)
         return schedule
     return NoPreemption()
 
