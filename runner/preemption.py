@@ -132,7 +132,7 @@ class PreemptionWatcher:
     def _handle(self, signum: int, frame: Any) -> None:
         self.records.append(SignalRecord(signal.Signals(signum), time.time(), time.monotonic()))
         previous = self._previous.get(signal.Signals(signum))
-        # Python's own SIGINT handler raises KeyboardInterrupt, which would end the job that SIGINT asks to stop.
+        # Python's own SIGINT handler raises KeyboardInterrupt, which would end the job before its next safe point.
         if callable(previous) and previous is not signal.default_int_handler:
             previous(signum, frame)
 

@@ -1,7 +1,7 @@
 """Record SIGINT, SIGTERM and SIGHUP sent to the scheduler itself, so it can stop its job at a safe point.
 
-SIGHUP comes when the terminal that started the scheduler closes; without a handler the scheduler would die and
-leave its job running unsupervised, since the tasks run in sessions of their own.
+SIGHUP comes when the terminal that started the scheduler closes. Without a handler the scheduler would die and
+leave its job running unsupervised, because the tasks run in sessions of their own.
 """
 
 from __future__ import annotations
