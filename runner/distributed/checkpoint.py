@@ -1,8 +1,9 @@
 """Checkpoints of a data-parallel job: rank 0 writes, every rank reads, and the world size is checked on load.
 
-The checkpoint contains rank 0's strategy and random state, which is the whole state when the model and optimizer
-are replicated and every rank draws the same random numbers, as in plain data parallelism. State that differs
-between ranks (a sharded optimizer, per-rank random generators) is not saved by these functions.
+The checkpoint contains rank 0's strategy, which is the whole training state when the model and optimizer are
+replicated, as in plain data parallelism. It also contains the random state of every rank, which differs between
+ranks seeded apart (dropout, augmentation). Other state that differs between ranks, such as a sharded optimizer's,
+is not saved by these functions.
 
 The world size is stored in the saved strategy as the attribute named by WORLD_SIZE_ATTRIBUTE, because the
 checkpoint header has no field for job metadata. It is committed atomically with the rest of the strategy.
@@ -17,12 +18,14 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
-from runner.distributed.stop import count_across_ranks, saving_for_stop
+from runner.distributed.stop import count_across_ranks, gather_random_states, random_states_for_stop, saving_for_stop
 from runner.errors import CheckpointError, CheckpointSaveError
 
 logger = logging.getLogger(__name__)
 
 WORLD_SIZE_ATTRIBUTE = "_runner_world_size"
+RANDOM_STATES_ATTRIBUTE = "_runner_rank_random_states"
+"""The saved strategy's attribute with every rank's random state, a list indexed by rank."""
 
 
 class WorldSizeChangedError(CheckpointError):
@@ -58,8 +61,10 @@ def save_checkpoint(strategy: Any, fname: str | os.PathLike, exclude: Iterable[s
     rank, world_size = _rank_and_world_size()
     setattr(strategy, WORLD_SIZE_ATTRIBUTE, world_size)
     if saving_for_stop():
+        setattr(strategy, RANDOM_STATES_ATTRIBUTE, random_states_for_stop())
         save_on_this_rank(strategy, fname, exclude, **options)
         return
+    setattr(strategy, RANDOM_STATES_ATTRIBUTE, gather_random_states() if world_size > 1 else None)
     error: BaseException | None = None
     if rank == 0:
         try:
@@ -99,8 +104,22 @@ def maybe_load_checkpoint(
     if world_size > 1:
         _check_ranks_agree(fname, found, next_index)
     if found:
-        _check_world_size(loaded, fname, world_size, allow_world_size_change)
+        same_world_size = _check_world_size(loaded, fname, world_size, allow_world_size_change)
+        _restore_random_state_of_rank(loaded, same_world_size)
     return loaded, next_index
+
+
+def _restore_random_state_of_rank(loaded: Any, same_world_size: bool) -> None:
+    """Give this rank the random state it had at the save; the load restored rank 0's on every rank."""
+    from runner.checkpoint import rng
+
+    states = getattr(loaded, RANDOM_STATES_ATTRIBUTE, None)
+    if states is None:
+        return
+    delattr(loaded, RANDOM_STATES_ATTRIBUTE)  # the next save records fresh ones
+    rank, _ = _rank_and_world_size()
+    if same_world_size:
+        rng.restore(states[rank])
 
 
 def _check_ranks_agree(fname: str | os.PathLike, found: bool, next_index: int) -> None:
@@ -115,15 +134,17 @@ def _check_ranks_agree(fname: str | os.PathLike, found: bool, next_index: int) -
             "in a folder that every node of the job sees, on a shared filesystem", fname)
 
 
-def _check_world_size(loaded: Any, fname: str | os.PathLike, world_size: int, allow_change: bool) -> None:
+def _check_world_size(loaded: Any, fname: str | os.PathLike, world_size: int, allow_change: bool) -> bool:
+    """Raise WorldSizeChangedError unless the saved world size matches or a change is allowed; return whether it
+    matches."""
     saved_world_size = getattr(loaded, WORLD_SIZE_ATTRIBUTE, None)
     path = os.fspath(fname)
     if saved_world_size is None:
         logger.warning("checkpoint %s records no world size (it was not saved by runner.distributed), so a change "
                        "of the number of tasks cannot be detected", path)
-        return
+        return False
     if saved_world_size == world_size:
-        return
+        return True
     if not allow_change:
         raise WorldSizeChangedError(
             f"checkpoint {path} was saved by a job of {saved_world_size} task(s), but this job has {world_size}; "
@@ -131,6 +152,7 @@ def _check_world_size(loaded: Any, fname: str | os.PathLike, world_size: int, al
             f"{saved_world_size}) to resume exactly, or pass allow_world_size_change=True to go on with "
             f"{world_size}, which splits every batch anew and changes the result",
             path, saved_world_size, world_size)
-    logger.warning("checkpoint %s was saved by %d task(s); going on with %d, as allow_world_size_change permits",
-                   path, saved_world_size, world_size)
+    logger.warning("checkpoint %s was saved by %d task(s); going on with %d, as allow_world_size_change permits, "
+                   "with rank 0's random state on every rank", path, saved_world_size, world_size)
     setattr(loaded, WORLD_SIZE_ATTRIBUTE, world_size)
+    return False

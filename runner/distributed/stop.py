@@ -28,11 +28,27 @@ logger = logging.getLogger(__name__)
 
 _saving_for_stop = False
 """True while rank 0 runs the `save` of ``stop_together``, when the other ranks cannot join a collective."""
+_random_states_for_stop: list | None = None
+"""Every rank's random state, gathered by ``stop_together`` before rank 0 runs its `save`."""
 
 
 def saving_for_stop() -> bool:
     """Return whether this rank is running the save of a stop, which must not start a collective."""
     return _saving_for_stop
+
+
+def random_states_for_stop() -> list | None:
+    """Return every rank's random state, indexed by rank, while rank 0 runs the save of a stop; else None."""
+    return _random_states_for_stop if _saving_for_stop else None
+
+
+def gather_random_states() -> list:
+    """Return the random state of every rank, indexed by rank; every rank must call it (an all-gather)."""
+    from runner.checkpoint import rng
+
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, rng.capture())
+    return states
 
 
 def count_across_ranks(flag: bool) -> int:
@@ -58,7 +74,12 @@ def stop_together(job: "Job", save: Callable[[], None] | None = None) -> None:
     job.watcher.ignore_further()
     _log_stop(job, rank, preempted_ranks, world_size)
 
-    save_error = _save_and_commit(rank, save)
+    global _random_states_for_stop
+    _random_states_for_stop = gather_random_states()  # rank 0 saves alone, so it needs the others' states now
+    try:
+        save_error = _save_and_commit(rank, save)
+    finally:
+        _random_states_for_stop = None
     # From the commit on, a rank's only work is to exit. After rank 0's `scontrol requeue`, SLURM sends SIGTERM to
     # every task, and that must not turn their exit 75 into a kill. SIGKILL still follows after KillWait.
     previous_sigterm = signal.signal(signal.SIGTERM, signal.SIG_IGN)
