@@ -21,9 +21,10 @@ _guard = threading.Lock()
 
 def remember(file_stat: os.stat_result) -> None:
     """Record the file with ``file_stat`` as intact."""
+    identity = _identity(file_stat)
     with _guard:
-        _identities[_identity(file_stat)] = None
-        _identities.move_to_end(_identity(file_stat))
+        _identities[identity] = None
+        _identities.move_to_end(identity)
         while len(_identities) > _MAX_REMEMBERED:
             _identities.popitem(last=False)
 

@@ -7,7 +7,7 @@ A save does this, all under the lock beside the checkpoint:
 3. write a new temp file, flush, fsync and close it;
 4. give the current checkpoint a numbered name beside it (see ``retention``);
 5. rename the temp file over the checkpoint with ``os.replace``, and fsync the folder;
-6. rename numbered checkpoints beyond the number to keep to temp names, for a worker thread to unlink.
+6. rename numbered checkpoints beyond the number to keep to trash names, for a worker thread to unlink.
 
 A failure in steps 1 to 5 removes the temp file and raises CheckpointSaveError naming the path and the errno; the
 checkpoint path then still holds the previous checkpoint, unless the failure came after the rename, which the

@@ -3,7 +3,8 @@
 Every temp file of runner is named ``.<checkpoint name>.runner-tmp-<pid>-<random hex>`` in the checkpoint's folder.
 Old checkpoints that retention removes are first renamed to ``.<checkpoint name>.runner-old-<random hex>`` and
 unlinked by a worker thread (see ``discard``). Clean-up removes only names of exactly these forms, so nothing else
-in the folder is ever touched."""
+in the folder is ever touched.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 import os
 import re
 import secrets
+from typing import Iterable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +65,9 @@ def remove_stale_temps(path: str) -> list[str]:
     stay: on a filesystem where the lock does not exclude other hosts, their writers may still be at work. Trash
     is an old checkpoint that its owner was about to unlink anyway, so it goes whoever renamed it.
     """
-    folder, name = os.path.split(path)
     removed = []
-    for entry in os.scandir(folder or "."):
-        pid = writer_pid(name, entry.name)
+    for entry, pid in _runner_files(os.scandir(os.path.dirname(path) or "."), os.path.basename(path)):
         if pid is not None and pid != os.getpid() and _is_running(pid):
-            continue
-        if pid is None and not is_trash(name, entry.name):
             continue
         try:
             os.unlink(entry.path)  # unlink removes a symlink itself, never its target
@@ -85,16 +83,12 @@ def remove_stale_temps(path: str) -> list[str]:
 
 def leftovers(path: str) -> list[tuple[str, int, str]]:
     """Return ``(file path, size, description)`` for each temp or trash file of ``path`` that exists now."""
-    folder, name = os.path.split(path)
     found = []
     try:
-        entries = list(os.scandir(folder or "."))
+        entries = sorted(os.scandir(os.path.dirname(path) or "."), key=lambda entry: entry.name)
     except OSError:
         return []
-    for entry in sorted(entries, key=lambda entry: entry.name):
-        pid = writer_pid(name, entry.name)
-        if pid is None and not is_trash(name, entry.name):
-            continue
+    for entry, pid in _runner_files(entries, os.path.basename(path)):
         try:
             size = entry.stat(follow_symlinks=False).st_size
         except OSError:
@@ -102,9 +96,19 @@ def leftovers(path: str) -> list[tuple[str, int, str]]:
         if pid is None:
             description = "an old checkpoint renamed for unlinking"
         else:
-            description = f"a temp file of pid {pid}, {'running' if _is_running(pid) else 'not running'} on this host"
+            writer_state = "running" if _is_running(pid) else "not running"
+            description = f"a temp file of pid {pid}, {writer_state} on this host"
         found.append((entry.path, size, description))
     return found
+
+
+def _runner_files(entries: Iterable[os.DirEntry], checkpoint_name: str) -> Iterator[tuple[os.DirEntry, int | None]]:
+    """Yield each temp file of ``checkpoint_name`` among ``entries`` with its writer's pid, and each trash file
+    with None."""
+    for entry in entries:
+        pid = writer_pid(checkpoint_name, entry.name)
+        if pid is not None or is_trash(checkpoint_name, entry.name):
+            yield entry, pid
 
 
 def is_trash(checkpoint_name: str, entry_name: str) -> bool:
