@@ -17,7 +17,10 @@ import io
 import logging
 import os
 import threading
+import warnings
 from typing import Any, Callable
+
+import torch
 
 from runner import pending_saves
 from runner.checkpoint import discard
@@ -25,6 +28,8 @@ from runner.checkpoint import discard
 logger = logging.getLogger(__name__)
 
 BLOCK_BYTES = 4 << 20
+TORCH_COPY_BYTES = 256 << 10
+"""Writes at least this large, such as a tensor's bytes, are copied by torch, which uses every intra-op thread."""
 
 
 class Snapshot(io.RawIOBase):
@@ -36,6 +41,7 @@ class Snapshot(io.RawIOBase):
     def __init__(self) -> None:
         super().__init__()
         self._blocks: list[memoryview] = []
+        self._block_tensors: list[torch.Tensor] = []
         self.size = 0
 
     def reset(self) -> None:
@@ -46,17 +52,26 @@ class Snapshot(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
+        source = _as_tensor(view) if len(view) >= TORCH_COPY_BYTES else None
         written = 0
         while written < len(view):
             block, offset = divmod(self.size, BLOCK_BYTES)
             if block == len(self._blocks):
-                self._blocks.append(memoryview(bytearray(BLOCK_BYTES)))
+                self._add_block()
             count = min(BLOCK_BYTES - offset, len(view) - written)
-            # Assigning to a memoryview copies once; assigning to a bytearray slice copies the source first.
-            self._blocks[block][offset:offset + count] = view[written:written + count]
+            if source is not None:
+                self._block_tensors[block][offset:offset + count].copy_(source[written:written + count])
+            else:
+                # Assigning to a memoryview copies once; assigning to a bytearray slice copies the source first.
+                self._blocks[block][offset:offset + count] = view[written:written + count]
             written += count
             self.size += count
         return written
+
+    def _add_block(self) -> None:
+        memory = bytearray(BLOCK_BYTES)
+        self._blocks.append(memoryview(memory))
+        self._block_tensors.append(torch.frombuffer(memory, dtype=torch.uint8))
 
     def flush(self) -> None:
         pass
@@ -71,6 +86,16 @@ class Snapshot(io.RawIOBase):
             views.append(block[:min(remaining, BLOCK_BYTES)])
             remaining -= BLOCK_BYTES
         return views
+
+
+def _as_tensor(view: memoryview) -> torch.Tensor:
+    """Return a uint8 tensor over ``view``'s memory, which the snapshot only reads."""
+    if view.readonly:
+        # torch warns once per process that it cannot mark the tensor read-only; nothing here writes to it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.frombuffer(view, dtype=torch.uint8)
+    return torch.frombuffer(view, dtype=torch.uint8)
 
 
 class BackgroundSaver:

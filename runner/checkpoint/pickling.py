@@ -1,6 +1,6 @@
-"""The dill pickler that checkpoints use, handed to ``torch.save`` and ``torch.load`` as their pickle module.
+"""runner's dill pickler, which writes a checkpoint whenever the C pickler of ``standard_pickling`` cannot.
 
-Changes from plain dill:
+Changes from plain dill, which the C pickler follows too where it can:
 
 - classes and functions that can be imported are stored by reference, and classes of the training script's
   ``__main__`` load as that process's class when it defines one, so ``isinstance`` keeps working after a resume;
@@ -28,11 +28,11 @@ import torch
 
 from runner.checkpoint.exclusion import Exclusion, reduce_without
 
-_IMPORTABLE_KINDS = (type, types.FunctionType, types.BuiltinFunctionType)
+IMPORTABLE_KINDS = (type, types.FunctionType, types.BuiltinFunctionType)
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
 _IN_MEMORY_STREAMS = (io.BytesIO, io.StringIO)
 _DILL_SAVERS = dict(dill.Pickler.dispatch)
-_PLAIN_TYPES = (int, float, bool, complex, str, bytes, type(None), tuple, list, dict, set, frozenset)
+PLAIN_TYPES = (int, float, bool, complex, str, bytes, type(None), tuple, list, dict, set, frozenset)
 """Builtin types without instance attributes: nothing to exclude, remap or reject in them."""
 
 
@@ -78,6 +78,10 @@ def current_load_context() -> LoadContext:
     return _load_context.get(LoadContext())
 
 
+def current_save_context() -> SaveContext:
+    return _save_context.get(SaveContext())
+
+
 def importable_name(obj: Any) -> str | None:
     """Return the qualified name under which ``obj`` can be imported, or None when it cannot.
 
@@ -98,11 +102,11 @@ def importable_name(obj: Any) -> str | None:
     return qualname if target is obj else None
 
 
-def _is_main_class(obj: Any) -> bool:
+def is_main_class(obj: Any) -> bool:
     return isinstance(obj, type) and obj.__module__ == "__main__" and "<" not in obj.__qualname__
 
 
-class _ByValue:
+class ByValue:
     """Marks a ``__main__`` class that the pickler is to store by value, as the fallback of ``main_class``."""
 
     __slots__ = ("cls",)
@@ -116,14 +120,14 @@ class Pickler(dill.Pickler):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._context = _save_context.get(SaveContext())
+        self._context = current_save_context()
         self._classes_by_value: set[int] = set()
         self._retired_memo_keys: list[object] = []
         # Most objects of a state are of these types, and skipping the checks below for them saves time per object.
-        self._plain_types = frozenset(kind for kind in _PLAIN_TYPES if not _has_user_reducer_for(kind))
+        self._plain_types = frozenset(kind for kind in PLAIN_TYPES if not _has_user_reducer_for(kind))
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
-        if type(obj) is _ByValue:
+        if type(obj) is ByValue:
             self._save_class_by_value(obj.cls)
             return
         super().save(obj, save_persistent_id)
@@ -133,16 +137,16 @@ class Pickler(dill.Pickler):
             return NotImplemented
         if isinstance(obj, torch.device):
             return restore_device, (obj.type, obj.index)
-        if isinstance(obj, _IMPORTABLE_KINDS):
-            if _is_main_class(obj) and id(obj) not in self._classes_by_value:
-                return main_class, (obj.__qualname__, _ByValue(obj))
+        if isinstance(obj, IMPORTABLE_KINDS):
+            if is_main_class(obj) and id(obj) not in self._classes_by_value:
+                return main_class, (obj.__qualname__, ByValue(obj))
             return importable_name(obj) or NotImplemented
-        if _has_user_reducer(obj):
+        if has_user_reducer(obj):
             return NotImplemented
         excluded = self._context.exclusion.names_for(obj)
         if excluded:
             return reduce_without(obj, excluded, self.proto)
-        _reject_process_resources(obj)
+        reject_process_resources(obj)
         return NotImplemented
 
     def _save_class_by_value(self, cls: type) -> None:
@@ -158,17 +162,23 @@ class Pickler(dill.Pickler):
         self.memo[id(retired)] = self.memo.pop(id(cls))
 
 
-def _has_user_reducer(obj: Any) -> bool:
+def has_user_reducer(obj: Any) -> bool:
     """Tell whether a reducer registered with ``dill.register``, not one of dill's own, saves ``obj``."""
     return _has_user_reducer_for(type(obj))
 
 
+def plain_types_have_user_reducers() -> bool:
+    """Tell whether ``dill.register`` replaced the saver of a builtin type such as dict, which only dill applies."""
+    return any(_has_user_reducer_for(kind) for kind in PLAIN_TYPES)
+
+
 def _has_user_reducer_for(kind: type) -> bool:
     saver = dill.Pickler.dispatch.get(kind)
-    return saver is not None and saver is not _DILL_SAVERS.get(kind)
+    # dill registers its numpy savers on first use, so they are missing from the copy taken at import.
+    return saver is not None and saver is not _DILL_SAVERS.get(kind) and saver.__module__ != dill.Pickler.__module__
 
 
-def _reject_process_resources(obj: Any) -> None:
+def reject_process_resources(obj: Any) -> None:
     if isinstance(obj, io.IOBase) and not isinstance(obj, _IN_MEMORY_STREAMS) and not _is_standard_stream(obj):
         raise pickle.PicklingError(
             f"cannot pickle the open file {getattr(obj, 'name', obj)!r}: a checkpoint would reopen it on load")
@@ -185,10 +195,16 @@ def _is_standard_stream(obj: Any) -> bool:
 
 def main_class(qualname: str, fallback: type) -> type:
     """Return the class ``qualname`` of this process's ``__main__``, or the copy stored by value if it has none."""
+    found = find_main_class(qualname)
+    return fallback if found is None else found
+
+
+def find_main_class(qualname: str) -> type | None:
+    """Return the class ``qualname`` of this process's ``__main__``, or None when it has no such class."""
     target: Any = sys.modules.get("__main__")
     for part in qualname.split("."):
         target = getattr(target, part, None)
-    return target if isinstance(target, type) else fallback
+    return target if isinstance(target, type) else None
 
 
 def check_map_location(map_location: Any) -> Any:
@@ -272,24 +288,3 @@ class DiscardingSink(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         return memoryview(data).nbytes
-
-
-class PickleModule(types.ModuleType):
-    """A module-like object with runner's pickler, in the shape ``torch.save(pickle_module=...)`` expects."""
-
-    Pickler = Pickler
-    Unpickler = dill.Unpickler
-    PicklingError = dill.PicklingError
-    UnpicklingError = dill.UnpicklingError
-    HIGHEST_PROTOCOL = dill.HIGHEST_PROTOCOL
-
-    @staticmethod
-    def load(file: Any, **kwargs: Any) -> Any:
-        return dill.Unpickler(file, **kwargs).load()
-
-    @staticmethod
-    def dump(obj: Any, file: Any, protocol: int | None = None, **kwargs: Any) -> None:
-        Pickler(file, protocol, **kwargs).dump(obj)
-
-
-pickle_module = PickleModule("runner.checkpoint.pickle_module")

@@ -14,8 +14,9 @@ import torch
 
 from runner.checkpoint import fileformat, locate, objectpath, rng
 from runner.checkpoint.exclusion import Exclusion, plan_exclusion, restore_excluded
-from runner.checkpoint.pickling import LoadContext, SaveContext, loading, pickle_module, saving
+from runner.checkpoint.pickling import LoadContext, SaveContext, loading, saving
 from runner.checkpoint.preload import PreloadedStorages
+from runner.checkpoint.standard_pickling import pickle_module
 from runner.checkpoint.unique import Registry, report_rebuilt
 from runner.errors import CheckpointSaveError
 

@@ -1,0 +1,165 @@
+"""The pickler that ``torch.save`` gets for checkpoints: the standard library's C pickler first, dill's when needed.
+
+dill's pickler is written in Python and spends a few microseconds on every object, and a training state contains
+thousands of small ones (each ``nn.Module`` keeps a dozen dicts). Most of them are stored the same way by both
+picklers: by reference, or through their ``__reduce_ex__``. The C pickler takes the state first, with runner's
+rules; the first object that only dill stores right (a lambda, a function of ``__main__``, a module, a bound
+method) makes the dump start over with runner's dill pickler, so what is written never depends on which pickler
+ran. Loading is unchanged: dill's unpickler reads both.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import types
+from typing import Any, BinaryIO
+
+import dill
+import torch
+
+from runner.checkpoint import pickling
+from runner.checkpoint.exclusion import reduce_without
+from runner.checkpoint.pickling import Pickler
+
+
+class _NeedsDill(Exception):
+    """The C pickler met an object that only dill's pickler stores as a checkpoint needs."""
+
+
+_DILL_TYPES = frozenset(kind for kind in dill.Pickler.dispatch if kind not in pickling.PLAIN_TYPES)
+"""Types that dill saves its own way: functions, classes and modules by value, bound methods, cells and more."""
+
+
+class _CPickler(pickle.Pickler):
+    """The standard library's C pickler with runner's rules; raises _NeedsDill where they need dill."""
+
+    def __init__(self, file: BinaryIO, protocol: int | None):
+        super().__init__(file, protocol)
+        self._protocol = pickle.DEFAULT_PROTOCOL if protocol is None else protocol  # the C pickler does not say
+        self._context = pickling.current_save_context()
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, torch.device):
+            return pickling.restore_device, (obj.type, obj.index)
+        if isinstance(obj, pickling.IMPORTABLE_KINDS):
+            return self._reduce_importable(obj)
+        if pickling.has_user_reducer(obj):
+            return _recorded_reduce(obj)
+        if type(obj) in _DILL_TYPES or _numpy_needs_dill(type(obj)):
+            raise _NeedsDill(type(obj))
+        excluded = self._context.exclusion.names_for(obj)
+        if excluded:
+            return reduce_without(obj, excluded, self._protocol)
+        pickling.reject_process_resources(obj)
+        return NotImplemented
+
+    def _reduce_importable(self, obj: Any) -> Any:
+        if pickling.is_main_class(obj):
+            return main_class_or_pickled, (obj.__qualname__, _class_by_value(obj, self._protocol))
+        name = pickling.importable_name(obj)
+        if name is None:
+            raise _NeedsDill(obj)
+        return name
+
+
+def _class_by_value(cls: type, protocol: int | None) -> bytes:
+    """Return ``cls`` pickled by value with runner's dill pickler: the fallback for a process without it."""
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol).dump(pickling.ByValue(cls))
+    return buffer.getvalue()
+
+
+def main_class_or_pickled(qualname: str, pickled: bytes) -> type:
+    """Return the class ``qualname`` of this process's ``__main__``, or unpickle the copy stored by value."""
+    found = pickling.find_main_class(qualname)
+    if found is not None:
+        return found
+    return dill.Unpickler(io.BytesIO(pickled)).load()
+
+
+class _ReduceRecorder:
+    """Stands in for the pickler when a reducer registered with ``dill.register`` runs, to keep its save_reduce.
+
+    Any other use of the pickler means the reducer needs dill's own.
+    """
+
+    def __init__(self) -> None:
+        self.reduced: tuple | None = None
+
+    def save_reduce(self, func: Any, args: tuple, state: Any = None, listitems: Any = None, dictitems: Any = None,
+                    state_setter: Any = None, obj: Any = None) -> None:
+        if self.reduced is not None:
+            raise _NeedsDill("a registered reducer called save_reduce twice")
+        self.reduced = (func, args, state, listitems, dictitems, state_setter)
+
+    def __getattr__(self, name: str) -> Any:
+        raise _NeedsDill(f"a registered reducer uses pickler.{name}")
+
+
+def _recorded_reduce(obj: Any) -> tuple:
+    recorder = _ReduceRecorder()
+    dill.Pickler.dispatch[type(obj)](recorder, obj)
+    if recorder.reduced is None:
+        raise _NeedsDill("a registered reducer did not call save_reduce")
+    return recorder.reduced
+
+
+def _numpy_needs_dill(kind: type) -> bool:
+    """Tell whether dill stores objects of ``kind`` its own way: numpy ufuncs, dtype classes and array subclasses."""
+    if not kind.__module__.startswith("numpy"):
+        return False
+    import numpy
+
+    return kind is not numpy.ndarray and issubclass(kind, (numpy.ufunc, numpy.ndarray))
+
+
+class CheckpointPickler:
+    """The pickler class that ``torch.save`` subclasses, overriding ``persistent_id`` to store tensor storages.
+
+    ``dump`` tries the C pickler and starts over with runner's dill pickler when the C pickler cannot go on.
+    """
+
+    def __init__(self, file: BinaryIO, protocol: int | None = None, **kwargs: Any):
+        self._file = file
+        self._protocol = protocol
+        self._kwargs = kwargs
+
+    def persistent_id(self, obj: Any) -> Any:
+        return None
+
+    def dump(self, obj: Any) -> None:
+        start = self._file.tell()
+        if not pickling.plain_types_have_user_reducers():
+            try:
+                self._dump_with(_CPickler(self._file, self._protocol), obj)
+                return
+            except Exception:  # whatever stopped the C pickler, dill's pickler stores it or explains the failure
+                self._file.seek(start)
+                self._file.truncate()
+        self._dump_with(Pickler(self._file, self._protocol, **self._kwargs), obj)
+
+    def _dump_with(self, pickler: Any, obj: Any) -> None:
+        pickler.persistent_id = self.persistent_id
+        pickler.dump(obj)
+
+
+class PickleModule(types.ModuleType):
+    """A module-like object with runner's picklers, in the shape ``torch.save(pickle_module=...)`` expects."""
+
+    Pickler = CheckpointPickler
+    Unpickler = dill.Unpickler
+    PicklingError = dill.PicklingError
+    UnpicklingError = dill.UnpicklingError
+    HIGHEST_PROTOCOL = dill.HIGHEST_PROTOCOL
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return dill.Unpickler(file, **kwargs).load()
+
+    @staticmethod
+    def dump(obj: Any, file: Any, protocol: int | None = None, **kwargs: Any) -> None:
+        CheckpointPickler(file, protocol, **kwargs).dump(obj)
+
+
+pickle_module = PickleModule("runner.checkpoint.pickle_module")
