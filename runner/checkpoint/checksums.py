@@ -2,7 +2,8 @@
 
 Checkpoints of format 2 carry a CRC-32 (zlib's polynomial) and those of format 1 a SHA-256; the commit record's
 magic tells which. SHA-256 runs slower than a local disk writes on many machines, which made every save and load
-pay for it (the figures are in benchmarks/RESULTS.md); zlib's CRC-32 runs several times faster.
+pay for it (the figures are in benchmarks/RESULTS.md); a CRC-32 runs several times faster, and zlib-ng's
+another four times faster than zlib's.
 
 NOTE: a CRC-32 detects every error burst of up to 32 bits and misses other random damage with probability 2**-32
 per damaged file. Neither checksum stops deliberate tampering; the owner and mode check before loading does.
@@ -26,6 +27,12 @@ OVERLAP_MIN_BYTES = 1 << 20
 """Below this size a helper thread costs more than it saves, so the caller's thread checksums the bytes itself."""
 
 
+try:  # zlib-ng's CRC-32 gives the same values as zlib's, several times faster on CPUs with carry-less multiply
+    from zlib_ng.zlib_ng import crc32 as _crc32
+except ImportError:  # zlib-ng has no wheel for this platform: zlib is slower but gives the same checksums
+    _crc32 = zlib.crc32
+
+
 class _Crc32:
     """A running CRC-32 with the ``update`` and ``digest`` methods of a hashlib object."""
 
@@ -33,7 +40,7 @@ class _Crc32:
         self._value = 0
 
     def update(self, data: Any) -> None:
-        self._value = zlib.crc32(data, self._value)
+        self._value = _crc32(data, self._value)
 
     def digest(self) -> bytes:
         return struct.pack("<I", self._value).ljust(DIGEST_SIZE, b"\0")
