@@ -43,7 +43,7 @@ class PreloadedStorages:
     A preloaded record is returned as it is; any other one is read from the verified file then.
     """
 
-    def __init__(self, payload_offset: int, records: dict[int, tuple[str, int]]):
+    def __init__(self, payload_offset: int, records: dict[int, tuple[str, int]], reader: Any):
         self._records = records
         """Every storage record by its offset in the payload: ``(name, size)``."""
         self._storages: dict[int, torch.UntypedStorage] = {}
@@ -54,7 +54,8 @@ class PreloadedStorages:
             storage = torch.UntypedStorage(size)
             self._storages[offset] = storage
             self.regions.append((payload_offset + offset, _writable_view(storage)))
-        self._reader: Any = None
+        self._reader = reader
+        """The zip reader that found the records, kept to load with: parsing the zip directory again costs time."""
 
     def __getitem__(self, index: slice) -> torch.UntypedStorage:
         storage = self._storages.pop(index.start, None)
@@ -68,9 +69,8 @@ class PreloadedStorages:
         name, size = record
         return self._reader.get_storage_from_record(name, size, torch.UntypedStorage).untyped_storage()
 
-    def load(self, window: fileformat.FileWindow, map_location: Any, pickle_module: Any) -> Any:
-        """Unpickle the verified payload in ``window``, taking the storages from here."""
-        self._reader = torch._C.PyTorchFileReader(window)
+    def load(self, map_location: Any, pickle_module: Any) -> Any:
+        """Unpickle the payload that ``plan`` was given, once verified, taking the storages from here."""
         try:
             return torch.serialization._load(self._reader, map_location, pickle_module, overall_storage=self,
                                              encoding="utf-8")
@@ -88,18 +88,18 @@ def plan(file: BinaryIO, payload_offset: int, payload_length: int) -> PreloadedS
     if not supported():
         return None
     try:
-        records = _storage_records(fileformat.FileWindow(file, payload_offset, payload_length), payload_length)
+        reader = torch._C.PyTorchFileReader(fileformat.FileWindow(file, payload_offset, payload_length))
+        records = _storage_records(reader, payload_length)
     except (RuntimeError, ValueError, OSError) as error:
         logger.debug("not preloading storages of %s: %s", getattr(file, "name", file), error)
         return None
     if not any(size >= MIN_PRELOAD_BYTES for _, size in records.values()):
         return None
-    return PreloadedStorages(payload_offset, records)
+    return PreloadedStorages(payload_offset, records, reader)
 
 
-def _storage_records(window: fileformat.FileWindow, payload_length: int) -> dict[int, tuple[str, int]]:
+def _storage_records(reader: Any, payload_length: int) -> dict[int, tuple[str, int]]:
     """Return ``{offset in payload: (record name, size)}`` of every storage record, checked to lie apart."""
-    reader = torch._C.PyTorchFileReader(window)
     records = {}
     for name in reader.get_all_records():
         if name.startswith("data/"):

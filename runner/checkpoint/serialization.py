@@ -136,11 +136,12 @@ def read_payload(file: IO[bytes], map_location: Any, registry: Registry | None,
                  preloaded: PreloadedStorages | None = None) -> dict:
     """Unpickle the payload in ``file``, already verified, with a ``map_location`` that check_map_location passed.
 
-    ``preloaded`` contains storages read while the file was verified, which then are not read again.
+    ``preloaded`` contains storages read while the file was verified, which then are not read again, and the zip
+    reader over the same bytes of ``file`` that found them.
     """
     with loading(LoadContext(map_location=map_location, unique_objects=registry)):
         if preloaded is not None:
-            payload = preloaded.load(file, map_location, pickle_module)
+            payload = preloaded.load(map_location, pickle_module)
         else:
             payload = torch.load(file, map_location=map_location, pickle_module=pickle_module, weights_only=False)
     if registry is not None:
