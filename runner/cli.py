@@ -190,7 +190,7 @@ def _count(text: str) -> int:
 
 
 def _job_id(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"invalid job id {text!r}: give a whole number, 0 or more, such as 1234")
     return int(text)
 

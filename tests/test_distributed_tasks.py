@@ -32,7 +32,7 @@ import json, os, signal, sys, time
 record_path, run_s = sys.argv[1], float(sys.argv[2])
 rank = int(os.environ["SLURM_PROCID"])
 mode = sys.argv[3 + rank]
-restart_count = int(os.environ["SLURM_RESTART_COUNT"])
+restart_count = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
 received = []
 
 

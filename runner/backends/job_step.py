@@ -88,7 +88,6 @@ def task_environment(
         {
             "SLURM_JOB_ID": str(job_id),
             "SLURM_JOB_NAME": job_name,
-            "SLURM_RESTART_COUNT": str(restart_count),
             "SLURM_PROCID": str(procid),
             # One node, so the local rank equals the global rank.
             "SLURM_LOCALID": str(procid),
@@ -115,6 +114,8 @@ def task_environment(
             protocol.REQUEUE_FILE_VAR: requeue_file,
         }
     )
+    if restart_count > 0:  # SLURM sets it only in a job that was requeued
+        environment["SLURM_RESTART_COUNT"] = str(restart_count)
     return environment
 
 
