@@ -67,6 +67,24 @@ def test_full_disk_keeps_previous(small_tmpfs):
     assert runner.maybe_load_checkpoint(None, path)[1] == 3
 
 
+def test_full_disk_names_leftover_files(small_tmpfs):
+    path = small_tmpfs / "checkpoint.pt"
+    runner.save_checkpoint(Model(1, numel=25_000), path)  # 100 kB
+    # A temp file of a writer that still runs (pid 1), as on another host whose lock this host cannot see.
+    leftover = small_tmpfs / f".checkpoint.pt{tempfiles.TEMP_MARKER}1-0abc"
+    leftover.write_bytes(bytes(600_000))
+
+    with pytest.raises(CheckpointSaveError) as caught:
+        runner.save_checkpoint(Model(2, numel=100_000), path)  # 400 kB, with 400 kB free
+
+    message = str(caught.value)
+    assert "[Errno 28 ENOSPC]" in message
+    assert f"1 leftover file(s) of other saves take 0.6 MiB there: {leftover} (a temp file of pid 1" in message
+    assert f"runner inspect {path}" in message
+    assert leftover.exists()
+    assert_previous_intact(path, 1)
+
+
 def test_io_error_on_fsync_keeps_previous(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     runner.save_checkpoint(Model(1), path)

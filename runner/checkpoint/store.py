@@ -183,7 +183,22 @@ def _save_error(path: str, stage: str, target: str, error: OSError, temp_removed
         outcome = f"The previous checkpoint is unchanged; remove the temp file {target} by hand."
     return CheckpointSaveError(
         f"saving checkpoint {path} failed while {stage} {target}: {_errno_text(error)}. "
-        f"{_HINTS.get(error.errno or 0, '')}{outcome}", path)
+        f"{_HINTS.get(error.errno or 0, '')}{_leftovers_note(path, error)}{outcome}", path)
+
+
+def _leftovers_note(path: str, error: OSError) -> str:
+    """Name the temp files of other writers that take space beside the checkpoint, when space ran out."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    found = tempfiles.leftovers(path)
+    if not found:
+        return ""
+    total_mib = sum(size for _, size, _ in found) / (1 << 20)
+    listed = "; ".join(f"{file} ({description})" for file, _, description in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (f"{len(found)} leftover file(s) of other saves take {total_mib:.1f} MiB there: {listed}{more}. "
+            "A save removes those whose writer is not running on this host; remove the others by hand once their "
+            f"writers have stopped (`runner inspect {path}` lists them). ")
 
 
 def _errno_text(error: OSError) -> str:
