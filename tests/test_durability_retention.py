@@ -4,6 +4,8 @@ import collections
 import errno
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,7 +14,7 @@ import torch
 
 import runner
 from runner.checkpoint import discard, inventory, known_good, retention, tempfiles
-from runner.errors import CheckpointError, CheckpointSaveError, NoValidCheckpointError
+from runner.errors import CheckpointError, CheckpointSaveError, LockTimeoutError, NoValidCheckpointError
 
 
 class Model:
@@ -141,6 +143,38 @@ def test_missing_newest_loads_kept_one(tmp_path, caplog):
 
     assert counter == 1
     assert any("is missing" in record.getMessage() for record in caplog.records)
+
+
+def test_kept_copy_loads_under_family_lock(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_all(path, [1, 2, 3], keep=3)
+    kept = str(path) + ".2"
+
+    loaded, counter = runner.maybe_load_checkpoint(None, kept)
+
+    assert counter == 2
+    assert loaded.weights[0].item() == 2.0
+    assert not os.path.exists(kept + ".lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(path) + ".lock"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(LockTimeoutError):
+            runner.maybe_load_checkpoint(None, kept, lock_timeout_s=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_numbered_name_without_family_has_own_lock(tmp_path):
+    path = tmp_path / "model.7"
+    runner.save_checkpoint(Model(1), path)
+
+    assert runner.maybe_load_checkpoint(None, path)[1] == 1
+    assert retention.family_of(str(path)) == str(path)
+    assert os.path.exists(str(path) + ".lock")
 
 
 def test_truncated_newest_not_kept_as_fallback(tmp_path, caplog):

@@ -13,7 +13,7 @@ import torch
 
 from runner import __version__
 from runner.checkpoint import background as background_saves
-from runner.checkpoint import fileformat, inventory, locks, preload, serialization, settings, store, streams
+from runner.checkpoint import fileformat, inventory, locks, preload, retention, serialization, settings, store, streams
 from runner.checkpoint.exclusion import Exclusion, plan_exclusion
 from runner.checkpoint.pickling import check_map_location, check_map_location_usable
 from runner.checkpoint.unique import Registry, register_unique_objects
@@ -144,7 +144,7 @@ def maybe_load_checkpoint(
         logger.info("no checkpoint at %s, starting from experience 0", path)
         return strategy, 0
     try:
-        with (locks.locked(path, lock_timeout_s, lock, unlocked_if_read_only=True),
+        with (locks.locked(retention.family_of(path), lock_timeout_s, lock, unlocked_if_read_only=True),
               inventory.open_newest_valid(path, run_id, trust, preload.plan) as found):
             if found is None:  # removed between the first look and taking the lock
                 logger.info("no checkpoint at %s, starting from experience 0", path)

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 
-from runner.checkpoint import discard, faults, fileformat, known_good, tempfiles
+from runner.checkpoint import discard, faults, fileformat, known_good, locks, tempfiles
 from runner.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,18 @@ def numbered_checkpoints(path: str) -> list[tuple[int, str]]:
         if match:
             found.append((int(match.group(1)), os.path.join(folder, entry)))
     return sorted(found, reverse=True)
+
+
+def family_of(path: str) -> str:
+    """Return the checkpoint path of which ``path`` is a kept copy (``c.pkl`` for ``c.pkl.3``), or ``path`` itself.
+
+    Loading a kept copy takes its family's lock, which saves hold while they rename kept copies.
+    """
+    match = re.fullmatch(r"(.+)\.[0-9]+", path)
+    if match is None:
+        return path
+    base = match.group(1)
+    return base if os.path.isfile(base) or os.path.lexists(locks.lock_path(base)) else path
 
 
 def keep_current(path: str, keep: int) -> str | None:
