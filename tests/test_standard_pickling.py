@@ -247,3 +247,96 @@ def test_main_class_loads_as_own_class_or_by_value(tmp_path, python, python_env)
     assert run(str(main_script), path, "load") == {"is_main_class": True, "counter": 2}
     assert run(str(other_script), path) == {"class": "Strategy", "describe": "main strategy with kept",
                                             "counter": 2}
+
+
+def test_reducer_without_obj_loads_copies(tmp_path):
+    """dill's pickler memoizes only what save_reduce names as obj, so each reference loads as its own copy."""
+    @dill.register(Rows)
+    def save_rows(pickler, obj):
+        pickler.save_reduce(Rows, (obj.count,))
+
+    try:
+        shared = Rows(2)
+        loaded = round_trip(Holder(first=shared, second=shared), tmp_path / "c.pkl")
+    finally:
+        del dill.Pickler.dispatch[Rows]
+
+    assert loaded.first is not loaded.second
+    assert loaded.first.count == 2
+    assert loaded.second.count == 2
+
+
+RELATED_CLASSES_SCRIPT = textwrap.dedent("""
+    import sys
+
+    import torch
+
+    import runner
+
+
+    class Base:
+        pass
+
+
+    class Child(Base):
+        pass
+
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2)
+
+
+    class Outer:
+        class Inner:
+            pass
+
+
+    class Strategy:
+        model_class = Net
+        defaults = {"lr": 0.1}
+
+        def __init__(self):
+            self.base, self.child, self.model = Base(), Child(), Net()
+            self.outer, self.inner = Outer(), Outer.Inner()
+            self.options = self.defaults
+
+
+    runner.save_checkpoint(Strategy(), sys.argv[1], exp_counter=1)
+""")
+
+RELATED_CLASSES_CHECK = textwrap.dedent("""
+    import json
+    import sys
+
+    import runner
+
+    loaded, _ = runner.maybe_load_checkpoint(None, sys.argv[1])
+    print(json.dumps({
+        "child is a base": isinstance(loaded.child, type(loaded.base)),
+        "model_class is the model's class": type(loaded).model_class is type(loaded.model),
+        "Outer.Inner is the inner's class": type(loaded.outer).Inner is type(loaded.inner),
+        "options are the class's defaults": loaded.options is type(loaded).defaults,
+    }))
+""")
+
+
+def test_related_main_classes_stay_identical(tmp_path, python, python_env):
+    """Loaded where __main__ lacks them, a base class, a class attribute and a nested class stay the very classes
+    that the instances have, and a class attribute the very object that the instance holds, as when dill's
+    pickler stores them all in one pickle."""
+    save_script, check_script = tmp_path / "train.py", tmp_path / "inspect_checkpoint.py"
+    save_script.write_text(RELATED_CLASSES_SCRIPT)
+    check_script.write_text(RELATED_CLASSES_CHECK)
+    path = str(tmp_path / "c.pkl")
+
+    subprocess.run([python, str(save_script), path], env=python_env, check=True, timeout=120)
+    output = subprocess.run([python, str(check_script), path], env=python_env, check=True, capture_output=True,
+                            text=True, timeout=120).stdout
+
+    checks = json.loads(output)
+    assert checks["child is a base"]
+    assert checks["model_class is the model's class"]
+    assert checks["Outer.Inner is the inner's class"]
+    assert checks["options are the class's defaults"]

@@ -38,6 +38,13 @@ class _CPickler(pickle.Pickler):
         super().__init__(file, protocol)
         self._protocol = pickle.DEFAULT_PROTOCOL if protocol is None else protocol  # the C pickler does not say
         self._context = pickling.current_save_context()
+        self._classes_by_value: list[tuple[type, dict]] = []
+        """Each ``__main__`` class stored by value, with the memo of the dill pickler that stored it."""
+
+    def dump(self, obj: Any) -> None:
+        super().dump(obj)
+        if _shares_objects(self.memo.copy(), self._classes_by_value):
+            raise _NeedsDill("a __main__ class stored by value shares objects with the rest of the checkpoint")
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, torch.device):
@@ -56,18 +63,50 @@ class _CPickler(pickle.Pickler):
 
     def _reduce_importable(self, obj: Any) -> Any:
         if pickling.is_main_class(obj):
-            return main_class_or_pickled, (obj.__qualname__, _class_by_value(obj, self._protocol))
+            pickled, memo = _class_by_value(obj, self._protocol)
+            self._classes_by_value.append((obj, memo))
+            return main_class_or_pickled, (obj.__qualname__, pickled)
         name = pickling.importable_name(obj)
         if name is None:
             raise _NeedsDill(obj)
         return name
 
 
-def _class_by_value(cls: type, protocol: int | None) -> bytes:
-    """Return ``cls`` pickled by value with runner's dill pickler: the fallback for a process without it."""
+def _class_by_value(cls: type, protocol: int | None) -> tuple[bytes, dict]:
+    """Return ``cls`` pickled by value with runner's dill pickler, the fallback for a process without it, and the
+    pickler's memo, which keeps every object it stored alive for ``_shares_objects``."""
     buffer = io.BytesIO()
-    Pickler(buffer, protocol).dump(pickling.ByValue(cls))
-    return buffer.getvalue()
+    pickler = Pickler(buffer, protocol)
+    pickler.dump(pickling.ByValue(cls))
+    return buffer.getvalue(), pickler.memo
+
+
+def _shares_objects(memo: dict, classes_by_value: list[tuple[type, dict]]) -> bool:
+    """Tell whether a class stored by value contains an object that the rest of the payload contains too, or
+    another ``__main__`` class that a second class stored by value contains.
+
+    Each class stored by value is a pickle of its own, so a process without the class would load such an object
+    twice (a base class, a nested class, a tensor in a class attribute), where dill's pickler loads it once.
+    """
+    elsewhere = set(memo)
+    for cls, class_memo in classes_by_value:
+        contained = {key: obj for key, (_, obj) in class_memo.items() if obj is not cls}
+        if any(_identity_matters(contained[key]) for key in elsewhere.intersection(contained)):
+            return True
+        elsewhere.update(key for key, obj in contained.items() if pickling.is_main_class(obj))
+    return False
+
+
+def _identity_matters(obj: Any) -> bool:
+    """Tell whether loading ``obj`` twice from separate pickles gives something other than loading it once."""
+    if isinstance(obj, (str, bytes, int, float, complex, tuple, frozenset, types.CodeType)):
+        return False
+    if isinstance(obj, pickling.IMPORTABLE_KINDS):
+        return pickling.is_main_class(obj)
+    try:
+        return not isinstance(obj.__reduce_ex__(pickle.DEFAULT_PROTOCOL), str)  # a str names a global
+    except Exception:  # an object whose __reduce_ex__ fails counts as one whose identity matters
+        return True
 
 
 def main_class_or_pickled(qualname: str, pickled: bytes) -> type:
@@ -84,13 +123,17 @@ class _ReduceRecorder:
     Any other use of the pickler means the reducer needs dill's own.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
         self.reduced: tuple | None = None
 
     def save_reduce(self, func: Any, args: tuple, state: Any = None, listitems: Any = None, dictitems: Any = None,
                     state_setter: Any = None, obj: Any = None) -> None:
         if self.reduced is not None:
             raise _NeedsDill("a registered reducer called save_reduce twice")
+        if obj is not self.obj:
+            # Without obj=, dill's pickler does not memoize the object and loads each reference as its own copy.
+            raise _NeedsDill("a registered reducer called save_reduce without obj=obj")
         self.reduced = (func, args, state, listitems, dictitems, state_setter)
 
     def __getattr__(self, name: str) -> Any:
@@ -98,7 +141,7 @@ class _ReduceRecorder:
 
 
 def _recorded_reduce(obj: Any) -> tuple:
-    recorder = _ReduceRecorder()
+    recorder = _ReduceRecorder(obj)
     dill.Pickler.dispatch[type(obj)](recorder, obj)
     if recorder.reduced is None:
         raise _NeedsDill("a registered reducer did not call save_reduce")
