@@ -43,7 +43,7 @@ class _CPickler(pickle.Pickler):
 
     def dump(self, obj: Any) -> None:
         super().dump(obj)
-        if _shares_objects(self.memo.copy(), self._classes_by_value):
+        if self._classes_by_value and _shares_objects(self.memo.copy(), self._classes_by_value):
             raise _NeedsDill("a __main__ class stored by value shares objects with the rest of the checkpoint")
 
     def reducer_override(self, obj: Any) -> Any:
@@ -178,6 +178,8 @@ class CheckpointPickler:
                 self._dump_with(_CPickler(self._file, self._protocol), obj)
                 return
             except Exception:  # whatever stopped the C pickler, dill's pickler stores it or explains the failure
+                # NOTE: each __getstate__ or __reduce__ that the C pickler already called runs again in dill's pass,
+                # so one with side effects, such as a save counter, applies them twice.
                 self._file.seek(start)
                 self._file.truncate()
         self._dump_with(Pickler(self._file, self._protocol, **self._kwargs), obj)
