@@ -157,6 +157,25 @@ def test_snapshot_blocks_reused():
     assert snapshot.chunks()[0].obj is blocks[0]
 
 
+def test_snapshot_keeps_mixed_writes_in_order():
+    """Small writes wait in a buffer and large ones are copied by torch; the bytes must come out in write order."""
+    snapshot = background.Snapshot()
+    pieces = [bytes([index % 251]) * size for index, size in enumerate(
+        [30, 5, background.PENDING_BYTES - 1, 1, background.TORCH_COPY_BYTES, 7, background.BLOCK_BYTES + 3, 2,
+         background.PENDING_BYTES // 2, background.PENDING_BYTES // 2 + 1, 64])]
+    views = [memoryview(piece).toreadonly() if index % 2 else piece for index, piece in enumerate(pieces)]
+
+    for old_contents in (b"left over from the last save" * 1000, b""):
+        snapshot.reset()
+        snapshot.write(old_contents)
+        snapshot.reset()
+        written = [snapshot.write(view) for view in views]
+        snapshot.flush()
+
+        assert written == [len(piece) for piece in pieces]
+        assert b"".join(snapshot.chunks()) == b"".join(pieces)
+
+
 PREEMPTED_JOB = textwrap.dedent("""
     import os, signal, sys
     import torch

@@ -28,6 +28,8 @@ from runner.checkpoint import discard
 logger = logging.getLogger(__name__)
 
 BLOCK_BYTES = 4 << 20
+PENDING_BYTES = 64 << 10
+"""Writes smaller than this wait in one buffer and are copied into the blocks together, at less cost per call."""
 TORCH_COPY_BYTES = 256 << 10
 """Writes at least this large, such as a tensor's bytes, are copied by torch, which uses every intra-op thread."""
 
@@ -42,16 +44,29 @@ class Snapshot(io.RawIOBase):
         super().__init__()
         self._blocks: list[memoryview] = []
         self._block_tensors: list[torch.Tensor] = []
+        self._pending = bytearray()
+        """Small writes not yet copied into the blocks: a save makes hundreds of them for zip headers."""
         self.size = 0
+        """Bytes in the blocks, without the pending ones."""
 
     def reset(self) -> None:
         self.size = 0
+        self._pending.clear()
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
+        if view.nbytes < PENDING_BYTES:
+            self._pending += view
+            if len(self._pending) >= PENDING_BYTES:
+                self.flush()
+            return view.nbytes
+        self.flush()
+        return self._copy(view.cast("B"))
+
+    def _copy(self, view: memoryview) -> int:
         source = _as_tensor(view) if len(view) >= TORCH_COPY_BYTES else None
         written = 0
         while written < len(view):
@@ -74,10 +89,14 @@ class Snapshot(io.RawIOBase):
         self._block_tensors.append(torch.frombuffer(memory, dtype=torch.uint8))
 
     def flush(self) -> None:
-        pass
+        """Copy the pending small writes into the blocks; ``torch.save`` calls it when it is done."""
+        if self._pending:
+            self._copy(memoryview(self._pending))
+            self._pending.clear()
 
     def chunks(self) -> list[memoryview]:
         """Return views of everything written since the last ``reset``, in order."""
+        self.flush()
         views = []
         remaining = self.size
         for block in self._blocks:

@@ -3,9 +3,9 @@
 dill's pickler is written in Python and spends a few microseconds on every object, and a training state contains
 thousands of small ones (each ``nn.Module`` keeps a dozen dicts). Most of them are stored the same way by both
 picklers: by reference, or through their ``__reduce_ex__``. The C pickler takes the state first, with runner's
-rules; the first object that only dill stores right (a lambda, a function of ``__main__``, a module, a bound
-method) makes the dump start over with runner's dill pickler, so what is written never depends on which pickler
-ran. Loading is unchanged: dill's unpickler reads both.
+rules. The first object that only dill stores right (a lambda, a function of ``__main__``, a module, a bound
+method) makes the dump start over with runner's dill pickler. What is loaded never depends on which pickler
+wrote it, and dill's unpickler reads both.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ class _NeedsDill(Exception):
     """The C pickler met an object that only dill's pickler stores as a checkpoint needs."""
 
 
+_STORAGE_TYPES = (torch.UntypedStorage, torch.storage.TypedStorage)
+"""The types of every tensor storage (``torch.is_storage``), the only objects that ``torch.save`` stores apart."""
 _DILL_TYPES = frozenset(kind for kind in dill.Pickler.dispatch if kind not in pickling.PLAIN_TYPES)
 """Types that dill saves its own way: functions, classes and modules by value, bound methods, cells and more."""
 
@@ -40,6 +42,8 @@ class _CPickler(pickle.Pickler):
         self._context = pickling.current_save_context()
         self._classes_by_value: list[tuple[type, dict]] = []
         """Each ``__main__`` class stored by value, with the memo of the dill pickler that stored it."""
+        self._ordinary_types: set[type] = set()
+        """Types whose objects passed every check that depends on the type alone, such as OrderedDict."""
 
     def dump(self, obj: Any) -> None:
         super().dump(obj)
@@ -47,19 +51,28 @@ class _CPickler(pickle.Pickler):
             raise _NeedsDill("a __main__ class stored by value shares objects with the rest of the checkpoint")
 
     def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind in self._ordinary_types:
+            return self._reduce_ordinary(obj)
         if isinstance(obj, torch.device):
             return pickling.restore_device, (obj.type, obj.index)
         if isinstance(obj, pickling.IMPORTABLE_KINDS):
             return self._reduce_importable(obj)
         if pickling.has_user_reducer(obj):
             return _recorded_reduce(obj)
-        if type(obj) in _DILL_TYPES or _numpy_needs_dill(type(obj)):
-            raise _NeedsDill(type(obj))
+        if kind in _DILL_TYPES or _numpy_needs_dill(kind):
+            raise _NeedsDill(kind)
+        reduced = self._reduce_ordinary(obj)
+        if reduced is NotImplemented:
+            pickling.reject_process_resources(obj)
+            if not issubclass(kind, io.IOBase):  # whether a stream is rejected depends on the stream itself
+                self._ordinary_types.add(kind)
+        return reduced
+
+    def _reduce_ordinary(self, obj: Any) -> Any:
+        """Reduce ``obj`` without its excluded attributes, or return NotImplemented to reduce it as pickle does."""
         excluded = self._context.exclusion.names_for(obj)
-        if excluded:
-            return reduce_without(obj, excluded, self._protocol)
-        pickling.reject_process_resources(obj)
-        return NotImplemented
+        return reduce_without(obj, excluded, self._protocol) if excluded else NotImplemented
 
     def _reduce_importable(self, obj: Any) -> Any:
         if pickling.is_main_class(obj):
@@ -85,8 +98,8 @@ def _shares_objects(memo: dict, classes_by_value: list[tuple[type, dict]]) -> bo
     """Tell whether a class stored by value contains an object that the rest of the payload contains too, or
     another ``__main__`` class that a second class stored by value contains.
 
-    Each class stored by value is a pickle of its own, so a process without the class would load such an object
-    twice (a base class, a nested class, a tensor in a class attribute), where dill's pickler loads it once.
+    Each class stored by value is a pickle of its own. A process without the class would load such an object
+    twice (a base class, a nested class, a tensor in a class attribute), where dill's single pickle loads it once.
     """
     elsewhere = set(memo)
     for cls, class_memo in classes_by_value:
@@ -185,7 +198,10 @@ class CheckpointPickler:
         self._dump_with(Pickler(self._file, self._protocol, **self._kwargs), obj)
 
     def _dump_with(self, pickler: Any, obj: Any) -> None:
-        pickler.persistent_id = self.persistent_id
+        storage_id = self.persistent_id
+        # torch's persistent_id returns an id for storages only; testing the type here first spares a Python call
+        # into torch for each of the thousands of other objects.
+        pickler.persistent_id = lambda obj: storage_id(obj) if isinstance(obj, _STORAGE_TYPES) else None
         pickler.dump(obj)
 
 
