@@ -340,3 +340,64 @@ def test_related_main_classes_stay_identical(tmp_path, python, python_env):
     assert checks["model_class is the model's class"]
     assert checks["Outer.Inner is the inner's class"]
     assert checks["options are the class's defaults"]
+
+
+ENUM_SCRIPT = textwrap.dedent("""
+    import enum
+    import json
+    import sys
+
+    import runner
+
+
+    class Phase(enum.IntEnum):
+        TRAIN = 1
+        EVAL = 2
+
+
+    class Strategy:
+        def __init__(self, with_lambda):
+            self.phase = Phase.EVAL
+            self.phases = list(Phase)
+            if with_lambda:  # only dill's pickler stores a lambda
+                self.scale = lambda value: value * 2
+
+
+    path = sys.argv[1]
+    if sys.argv[2] == "load":
+        loaded, _ = runner.maybe_load_checkpoint(None, path)
+        print(json.dumps({"same_member": loaded.phase is Phase.EVAL}))
+    else:
+        runner.save_checkpoint(Strategy(sys.argv[2] == "save-with-lambda"), path, exp_counter=1)
+""")
+
+ENUM_OTHER_SCRIPT = textwrap.dedent("""
+    import json
+    import sys
+
+    import runner
+
+    loaded, _ = runner.maybe_load_checkpoint(None, sys.argv[1])
+    print(json.dumps({"class": type(loaded.phase).__qualname__, "name": loaded.phase.name,
+                      "value": loaded.phase.value, "is_int": isinstance(loaded.phase, int),
+                      "members": [member.name for member in loaded.phases]}))
+""")
+
+
+@pytest.mark.parametrize("save_mode", ["save", "save-with-lambda"], ids=["c pickler", "dill"])
+def test_main_enum_rebuilt_without_its_class(tmp_path, python, python_env, save_mode):
+    main_script, other_script = tmp_path / "train.py", tmp_path / "inspect_checkpoint.py"
+    main_script.write_text(ENUM_SCRIPT)
+    other_script.write_text(ENUM_OTHER_SCRIPT)
+    path = str(tmp_path / "c.pkl")
+
+    def run(*args):
+        return subprocess.run([python, *args], env=python_env, check=True, capture_output=True, text=True,
+                              timeout=120)
+
+    saved = run(str(main_script), path, save_mode)
+
+    assert "Warning" not in saved.stderr
+    assert json.loads(run(str(main_script), path, "load").stdout) == {"same_member": True}
+    assert json.loads(run(str(other_script), path).stdout) == {"class": "Phase", "name": "EVAL", "value": 2,
+                                                               "is_int": True, "members": ["TRAIN", "EVAL"]}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import enum
 import importlib
 import io
 import pickle
@@ -32,6 +33,9 @@ IMPORTABLE_KINDS = (type, types.FunctionType, types.BuiltinFunctionType)
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
 _IN_MEMORY_STREAMS = (io.BytesIO, io.StringIO)
 _DILL_SAVERS = dict(dill.Pickler.dispatch)
+_ENUM_KINDS = tuple(kind for kind in (getattr(enum, name, None) for name in ("IntFlag", "Flag", "IntEnum", "StrEnum"))
+                    if kind is not None) + (enum.Enum,)
+"""The Enum bases that ``main_enum`` can rebuild a class from, most specific first (StrEnum is Python 3.11+)."""
 PLAIN_TYPES = (int, float, bool, complex, str, bytes, type(None), tuple, list, dict, set, frozenset)
 """Builtin types without instance attributes: nothing to exclude, remap or reject in them."""
 
@@ -138,6 +142,8 @@ class Pickler(dill.Pickler):
         if isinstance(obj, torch.device):
             return restore_device, (obj.type, obj.index)
         if isinstance(obj, IMPORTABLE_KINDS):
+            if is_main_class(obj) and issubclass(obj, enum.Enum):
+                return reduce_main_enum(obj)
             if is_main_class(obj) and id(obj) not in self._classes_by_value:
                 return main_class, (obj.__qualname__, ByValue(obj))
             return importable_name(obj) or NotImplemented
@@ -197,6 +203,25 @@ def main_class(qualname: str, fallback: type) -> type:
     """Return the class ``qualname`` of this process's ``__main__``, or the copy stored by value if it has none."""
     found = find_main_class(qualname)
     return fallback if found is None else found
+
+
+def reduce_main_enum(cls: type[enum.Enum]) -> tuple:
+    """Reduce an Enum class of ``__main__`` to its name, kind and members: dill cannot store one by value."""
+    kind = next(base for base in _ENUM_KINDS if issubclass(cls, base))
+    members = [(name, member.value) for name, member in cls.__members__.items()]
+    return main_enum, (cls.__qualname__, kind.__name__, members)
+
+
+def main_enum(qualname: str, kind_name: str, members: list[tuple[str, Any]]) -> type[enum.Enum]:
+    """Return the Enum class ``qualname`` of this process's ``__main__``, or rebuild one with the same members.
+
+    The rebuilt class has the members and values of the saved one, but none of its methods.
+    """
+    found = find_main_class(qualname)
+    if found is not None:
+        return found
+    kind = getattr(enum, kind_name)
+    return kind(qualname.rpartition(".")[2], members, module="__main__", qualname=qualname)
 
 
 def find_main_class(qualname: str) -> type | None:

@@ -10,6 +10,7 @@ wrote it, and dill's unpickler reads both.
 
 from __future__ import annotations
 
+import enum
 import io
 import pickle
 import types
@@ -75,6 +76,8 @@ class _CPickler(pickle.Pickler):
         return reduce_without(obj, excluded, self._protocol) if excluded else NotImplemented
 
     def _reduce_importable(self, obj: Any) -> Any:
+        if pickling.is_main_class(obj) and issubclass(obj, enum.Enum):
+            return pickling.reduce_main_enum(obj)
         if pickling.is_main_class(obj):
             pickled, memo = _class_by_value(obj, self._protocol)
             self._classes_by_value.append((obj, memo))
