@@ -331,6 +331,8 @@ def test_cli_logs_each_event(job):
     assert process.returncode == 0, stderr
     lines = stderr.splitlines()
     assert any(line.startswith("runner local: [job 1234] attempt 1 started, pid ") for line in lines), stderr
+    first_starts = [line for line in lines if "attempt 1 started" in line]
+    assert first_starts[0].endswith(", SLURM_RESTART_COUNT unset"), stderr
     assert "SLURM_RESTART_COUNT=1" in stderr
     assert "sent SIGUSR1 to pid" in stderr
     assert "requeue (the job requested it); starting attempt 2" in stderr

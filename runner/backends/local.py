@@ -142,10 +142,8 @@ class LocalScheduler:
         attempt = Attempt(restart_count + 1, restart_count, step.pid, time.time(), requeue_file, task_pids=step.pids)
         self.result.attempts.append(attempt)
         pids = f"pid {step.pid}" if self.ntasks == 1 else f"{self.ntasks} tasks, pids {' '.join(map(str, step.pids))}"
-        logger.info(
-            "[job %d] attempt %d started, %s, SLURM_RESTART_COUNT=%d",
-            self.job_id, attempt.number, pids, restart_count,
-        )
+        restart_count_variable = f"SLURM_RESTART_COUNT={restart_count}" if restart_count else "SLURM_RESTART_COUNT unset"
+        logger.info("[job %d] attempt %d started, %s, %s", self.job_id, attempt.number, pids, restart_count_variable)
 
         try:
             attempt.exit_status = self._supervise(step, attempt, started_s)
