@@ -142,7 +142,9 @@ class LocalScheduler:
         attempt = Attempt(restart_count + 1, restart_count, step.pid, time.time(), requeue_file, task_pids=step.pids)
         self.result.attempts.append(attempt)
         pids = f"pid {step.pid}" if self.ntasks == 1 else f"{self.ntasks} tasks, pids {' '.join(map(str, step.pids))}"
-        restart_count_variable = f"SLURM_RESTART_COUNT={restart_count}" if restart_count else "SLURM_RESTART_COUNT unset"
+        restart_count_variable = "SLURM_RESTART_COUNT unset"
+        if restart_count > 0:  # runner local sets it only from the first requeue on, as SLURM does
+            restart_count_variable = f"SLURM_RESTART_COUNT={restart_count}"
         logger.info("[job %d] attempt %d started, %s, %s", self.job_id, attempt.number, pids, restart_count_variable)
 
         try:
