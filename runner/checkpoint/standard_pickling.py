@@ -202,7 +202,7 @@ class CheckpointPickler:
 
     def _dump_with(self, pickler: Any, obj: Any) -> None:
         storage_id = self.persistent_id
-        # torch's persistent_id returns an id for storages only; testing the type here first spares a Python call
+        # torch's persistent_id returns an id for storages only. Testing the type here first spares a Python call
         # into torch for each of the thousands of other objects.
         pickler.persistent_id = lambda obj: storage_id(obj) if isinstance(obj, _STORAGE_TYPES) else None
         pickler.dump(obj)
