@@ -148,13 +148,13 @@ def test_missing_newest_loads_kept_one(tmp_path, caplog):
 def test_kept_copy_loads_under_family_lock(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_all(path, [1, 2, 3], keep=3)
-    kept = str(path) + ".2"
+    kept_copy = str(path) + ".2"
 
-    loaded, counter = runner.maybe_load_checkpoint(None, kept)
+    loaded, counter = runner.maybe_load_checkpoint(None, kept_copy)
 
     assert counter == 2
     assert loaded.weights[0].item() == 2.0
-    assert not os.path.exists(kept + ".lock")
+    assert not os.path.exists(kept_copy + ".lock")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
          "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(path) + ".lock"],
@@ -162,7 +162,7 @@ def test_kept_copy_loads_under_family_lock(tmp_path):
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(LockTimeoutError):
-            runner.maybe_load_checkpoint(None, kept, lock_timeout_s=0.3)
+            runner.maybe_load_checkpoint(None, kept_copy, lock_timeout_s=0.3)
     finally:
         holder.kill()
         holder.wait()

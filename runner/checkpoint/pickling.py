@@ -142,10 +142,11 @@ class Pickler(dill.Pickler):
         if isinstance(obj, torch.device):
             return restore_device, (obj.type, obj.index)
         if isinstance(obj, IMPORTABLE_KINDS):
-            if is_main_class(obj) and issubclass(obj, enum.Enum):
-                return reduce_main_enum(obj)
-            if is_main_class(obj) and id(obj) not in self._classes_by_value:
-                return main_class, (obj.__qualname__, ByValue(obj))
+            if is_main_class(obj):
+                if issubclass(obj, enum.Enum):
+                    return reduce_main_enum(obj)
+                if id(obj) not in self._classes_by_value:
+                    return main_class, (obj.__qualname__, ByValue(obj))
             return importable_name(obj) or NotImplemented
         if has_user_reducer(obj):
             return NotImplemented

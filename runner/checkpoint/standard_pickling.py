@@ -76,9 +76,9 @@ class _CPickler(pickle.Pickler):
         return reduce_without(obj, excluded, self._protocol) if excluded else NotImplemented
 
     def _reduce_importable(self, obj: Any) -> Any:
-        if pickling.is_main_class(obj) and issubclass(obj, enum.Enum):
-            return pickling.reduce_main_enum(obj)
         if pickling.is_main_class(obj):
+            if issubclass(obj, enum.Enum):
+                return pickling.reduce_main_enum(obj)
             pickled, memo = _class_by_value(obj, self._protocol)
             self._classes_by_value.append((obj, memo))
             return main_class_or_pickled, (obj.__qualname__, pickled)
@@ -202,9 +202,13 @@ class CheckpointPickler:
 
     def _dump_with(self, pickler: Any, obj: Any) -> None:
         storage_id = self.persistent_id
+
         # torch's persistent_id returns an id for storages only. Testing the type here first spares a Python call
         # into torch for each of the thousands of other objects.
-        pickler.persistent_id = lambda obj: storage_id(obj) if isinstance(obj, _STORAGE_TYPES) else None
+        def persistent_id(candidate: Any) -> Any:
+            return storage_id(candidate) if isinstance(candidate, _STORAGE_TYPES) else None
+
+        pickler.persistent_id = persistent_id
         pickler.dump(obj)
 
 
