@@ -2,7 +2,6 @@
 
 import io
 import subprocess
-import sys
 import textwrap
 import threading
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 import runner
-from runner.checkpoint import background, fileformat
+from runner.checkpoint import fileformat
 from runner.errors import CheckpointError, CheckpointSaveError
 
 
@@ -141,39 +140,6 @@ def test_unpicklable_state_raised_at_call(tmp_path):
 def test_stream_rejected():
     with pytest.raises(ValueError, match="needs a checkpoint path"):
         runner.save_checkpoint(State(1.0), io.BytesIO(), background=True)
-
-
-def test_snapshot_blocks_reused():
-    snapshot = background.Snapshot()
-    data = bytes(range(256)) * (background.BLOCK_BYTES // 256 + 1000)
-
-    snapshot.write(data)
-    blocks = [chunk.obj for chunk in snapshot.chunks()]
-    snapshot.reset()
-    snapshot.write(data[:1000])
-
-    assert len(blocks) == 2
-    assert b"".join(snapshot.chunks()) == data[:1000]
-    assert snapshot.chunks()[0].obj is blocks[0]
-
-
-def test_snapshot_keeps_mixed_writes_in_order():
-    """Small writes wait in a buffer and large ones are copied by torch; the bytes must come out in write order."""
-    snapshot = background.Snapshot()
-    pieces = [bytes([index % 251]) * size for index, size in enumerate(
-        [30, 5, background.PENDING_BYTES - 1, 1, background.TORCH_COPY_BYTES, 7, background.BLOCK_BYTES + 3, 2,
-         background.PENDING_BYTES // 2, background.PENDING_BYTES // 2 + 1, 64])]
-    views = [memoryview(piece).toreadonly() if index % 2 else piece for index, piece in enumerate(pieces)]
-
-    for old_contents in (b"left over from the last save" * 1000, b""):
-        snapshot.reset()
-        snapshot.write(old_contents)
-        snapshot.reset()
-        written = [snapshot.write(view) for view in views]
-        snapshot.flush()
-
-        assert written == [len(piece) for piece in pieces]
-        assert b"".join(snapshot.chunks()) == b"".join(pieces)
 
 
 PREEMPTED_JOB = textwrap.dedent("""

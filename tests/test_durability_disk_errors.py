@@ -48,12 +48,14 @@ def assert_previous_intact(path, counter: int) -> None:
     assert loaded.weights[0].item() == float(counter)
 
 
-def test_full_disk_keeps_previous(small_tmpfs):
+@pytest.mark.parametrize("background", [False, True])
+def test_full_disk_keeps_previous(small_tmpfs, background):
     path = small_tmpfs / "checkpoint.pt"
     runner.save_checkpoint(Model(1, numel=25_000), path)  # 100 kB
 
     with pytest.raises(CheckpointSaveError) as caught:
-        runner.save_checkpoint(Model(2, numel=1_000_000), path)  # 4 MB, on a 1 MiB filesystem
+        runner.save_checkpoint(Model(2, numel=1_000_000), path, background=background)  # 4 MB, on a 1 MiB filesystem
+        runner.wait_for_saves()  # raises the error of the background save
 
     message = str(caught.value)
     assert str(path) in message

@@ -16,6 +16,7 @@ from runner.checkpoint import background as background_saves
 from runner.checkpoint import fileformat, inventory, locks, preload, retention, serialization, settings, store, streams
 from runner.checkpoint.exclusion import Exclusion, plan_exclusion
 from runner.checkpoint.pickling import check_map_location, check_map_location_usable
+from runner.checkpoint.snapshot import Snapshot
 from runner.checkpoint.unique import Registry, register_unique_objects
 from runner.errors import CheckpointError, CorruptCheckpointError, NoValidCheckpointError
 
@@ -84,12 +85,12 @@ def save_checkpoint(
 
 def _save_in_background(strategy: Any, name: str, counter: int, header: dict, exclusion: Exclusion, keep: int,
                         run_id: str | None, lock: str | None, lock_timeout_s: float) -> None:
-    def take_snapshot(snapshot: background_saves.Snapshot) -> None:
-        serialization.pickle_payload(snapshot, strategy, counter, exclusion, name)
+    def take_snapshot(snapshot: Snapshot) -> None:
+        serialization.take_snapshot(snapshot, strategy, counter, exclusion, name)
 
-    def commit(snapshot: background_saves.Snapshot) -> None:
+    def commit(snapshot: Snapshot) -> None:
         def write(file: IO[bytes]) -> None:
-            serialization.write_snapshot(file, header, snapshot.chunks())
+            serialization.write_snapshot(file, header, snapshot)
 
         store.save_file(name, write, keep=keep, run_id=run_id, lock_kind=lock, lock_timeout_s=lock_timeout_s)
         logger.info("saved checkpoint %s in the background (next experience %d)", name, counter)

@@ -8,7 +8,8 @@ while unpickling (a constructor drawing random numbers, say) changes the restore
 from __future__ import annotations
 
 import sys
-from typing import IO, Any, Iterable
+from contextlib import contextmanager
+from typing import IO, Any, Callable, Iterator
 
 import torch
 
@@ -16,6 +17,7 @@ from runner.checkpoint import fileformat, locate, objectpath, rng
 from runner.checkpoint.exclusion import Exclusion, plan_exclusion, restore_excluded
 from runner.checkpoint.pickling import LoadContext, SaveContext, loading, saving
 from runner.checkpoint.preload import PreloadedStorages
+from runner.checkpoint.snapshot import Snapshot
 from runner.checkpoint.standard_pickling import pickle_module
 from runner.checkpoint.unique import Registry, report_rebuilt
 from runner.errors import CheckpointSaveError
@@ -27,34 +29,56 @@ def write_checkpoint(file: IO[bytes], strategy: Any, exp_counter: int, header: d
 
     Raise CheckpointSaveError naming the object that cannot be pickled, such as ``strategy.plugins[2].iterator``.
     """
-    writer = fileformat.HashingWriter(file)
-    fileformat.write_header(writer, header)
-    payload_offset = writer.bytes_written
-    pickle_payload(writer, strategy, exp_counter, exclusion, name)
-    fileformat.write_commit(writer, payload_offset)
+    payload = _payload(strategy, exp_counter)
+
+    def write_payload(writer: IO[bytes]) -> None:
+        with _pickling(payload, exclusion, name), _without_zip_crc32():
+            torch.save(payload, writer, pickle_module=pickle_module)
+
+    _write_framed(file, header, write_payload)
 
 
-def pickle_payload(target: IO[bytes], strategy: Any, exp_counter: int, exclusion: Exclusion, name: str) -> None:
-    """Write the ``torch.save`` payload of ``strategy`` and the random state to ``target``.
+def take_snapshot(snapshot: Snapshot, strategy: Any, exp_counter: int, exclusion: Exclusion, name: str) -> None:
+    """Keep the payload of ``strategy`` in ``snapshot``, in host memory, for ``write_snapshot`` to write later.
 
     Raise CheckpointSaveError naming the object that cannot be pickled.
     """
-    payload = {"strategy": strategy, "rng": rng.capture(), "exp_counter": exp_counter}
-    with saving(SaveContext(exclusion)), _without_zip_crc32():
-        try:
-            torch.save(payload, target, pickle_module=pickle_module)
-        except Exception as error:  # a __reduce__ may raise anything, and unpicklable_error explains it
-            raise unpicklable_error(payload, exclusion, error, name) from error
+    payload = _payload(strategy, exp_counter)
+    with _pickling(payload, exclusion, name):
+        snapshot.take(payload)
 
 
-def write_snapshot(file: IO[bytes], header: dict, payload_chunks: Iterable[memoryview]) -> None:
-    """Write a whole checkpoint to ``file`` from a payload that ``pickle_payload`` wrote to memory before."""
+def write_snapshot(file: IO[bytes], header: dict, snapshot: Snapshot) -> None:
+    """Write a whole checkpoint to ``file`` from the payload that ``take_snapshot`` kept."""
+
+    def write_payload(writer: IO[bytes]) -> None:
+        with _without_zip_crc32():
+            snapshot.write(writer)
+
+    _write_framed(file, header, write_payload)
+
+
+def _payload(strategy: Any, exp_counter: int) -> dict:
+    return {"strategy": strategy, "rng": rng.capture(), "exp_counter": exp_counter}
+
+
+def _write_framed(file: IO[bytes], header: dict, write_payload: Callable[[IO[bytes]], None]) -> None:
+    """Write the header, the payload that ``write_payload`` writes, and the commit record that covers both."""
     writer = fileformat.HashingWriter(file)
     fileformat.write_header(writer, header)
     payload_offset = writer.bytes_written
-    for chunk in payload_chunks:
-        writer.write(chunk)
+    write_payload(writer)
     fileformat.write_commit(writer, payload_offset)
+
+
+@contextmanager
+def _pickling(payload: dict, exclusion: Exclusion, name: str) -> Iterator[None]:
+    """Pickle with ``exclusion`` applied, and turn a failure into a CheckpointSaveError that names the object."""
+    with saving(SaveContext(exclusion)):
+        try:
+            yield
+        except Exception as error:  # a __reduce__ may raise anything, and unpicklable_error explains it
+            raise unpicklable_error(payload, exclusion, error, name) from error
 
 
 def unpicklable_error(payload: dict, exclusion: Exclusion, error: Exception, name: str) -> CheckpointSaveError:
