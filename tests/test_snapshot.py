@@ -96,6 +96,8 @@ def test_one_storage_viewed_as_two_dtypes_rejected_like_torch_save(tmp_path):
     state = {"weights": weights, "bits": weights.view(torch.int32)}
     with pytest.raises(RuntimeError, match="view the same data as different types"):
         torch_save_bytes(state)
+    with pytest.raises(RuntimeError, match=r"different types \(torch.float32 and torch.int32\)"):
+        snapshot_bytes(Snapshot(), state)
 
     with pytest.raises(CheckpointSaveError, match="view the same data as different types"):
         runner.save_checkpoint(state, tmp_path / "c.pkl", exp_counter=0, background=True)

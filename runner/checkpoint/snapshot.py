@@ -31,7 +31,7 @@ class Snapshot:
         self._copies: list[torch.UntypedStorage] = []
 
     def take(self, payload: Any) -> None:
-        """Pickle ``payload`` and copy every tensor storage it holds into host memory."""
+        """Pickle ``payload`` and copy every tensor storage it contains into host memory."""
         self.release()
         buffer = io.BytesIO()
         pickler = _StoragePickler(buffer, DEFAULT_PROTOCOL)
@@ -44,7 +44,7 @@ class Snapshot:
         torch.save(_Replay(self._pickled, self._copies), target, pickle_module=_replay_module)
 
     def release(self) -> None:
-        """Drop the pickled bytes and the views of host memory; the memory itself is kept for the next snapshot."""
+        """Drop the pickled bytes and the views of host memory. The memory itself stays for the next snapshot."""
         self._pickled = b""
         self._copies = []
 
@@ -53,6 +53,7 @@ class HostMemory:
     """Host memory for the storage copies, kept from one snapshot to the next.
 
     Fresh memory costs a page fault for each page on its first write, which takes longer than the copy itself.
+    NOTE: the memory is pageable, so copies from a GPU are not overlapped with anything; pinned memory may be faster.
     """
 
     def __init__(self) -> None:
@@ -114,12 +115,14 @@ class _StoragePickler(CheckpointPickler):
         address = storage.data_ptr()
         if address == 0 or storage.device.type == "meta":
             return
-        if self._dtypes.setdefault(address, dtype) != dtype:
-            raise RuntimeError("Cannot save multiple tensors or storages that view the same data as different types")
+        seen = self._dtypes.setdefault(address, dtype)
+        if seen != dtype:  # torch.save rejects this too: the file gives each storage one dtype
+            raise RuntimeError(f"cannot save tensors that view the same data as different types ({seen} and {dtype}): "
+                               "save a copy of one of them (tensor.clone()) instead")
 
 
 class _Replay:
-    """What the worker passes to ``torch.save``: the pickled payload and the storage copies in key order."""
+    """The object the worker passes to ``torch.save``: the pickled payload and the storage copies in key order."""
 
     def __init__(self, pickled: bytes, copies: list[torch.UntypedStorage]):
         self.pickled = pickled
@@ -127,7 +130,7 @@ class _Replay:
 
 
 class _ReplayPickler:
-    """Writes a snapshot's pickled bytes, and hands torch the storage copies in the order that gives each its key."""
+    """A pickler that writes a snapshot's pickled bytes and hands torch the storage copies in the order of their keys."""
 
     def __init__(self, file: BinaryIO, protocol: int | None = None, **kwargs: Any):
         self._file = file
