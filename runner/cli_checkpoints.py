@@ -7,7 +7,7 @@ import datetime
 import json
 import sys
 
-from runner.checkpoint import inventory, settings, tempfiles
+from runner.checkpoint import inventory, settings, sizes, tempfiles
 
 EXIT_INVALID = 1
 """Exit status of ``runner verify`` when the newest checkpoint is invalid or there is none."""
@@ -135,12 +135,7 @@ def _field(status: inventory.CheckpointStatus, name: str, missing: object = "-")
 
 
 def _size_text(size: int | None) -> str:
-    if size is None:
-        return "-"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
+    return "-" if size is None else sizes.format_size(size)
 
 
 def _written_text(status: inventory.CheckpointStatus) -> str:

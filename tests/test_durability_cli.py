@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import runner
+from runner.checkpoint import sizes
 
 TESTS = Path(__file__).resolve().parent
 
@@ -162,6 +163,21 @@ def test_inspect_lists_leftovers(checkpoints, cli):
 
     assert result.returncode == 0, result.stderr
     assert f"leftover: {trash} (2.0 kB), an old checkpoint renamed for unlinking" in result.stdout
+
+
+@pytest.mark.parametrize("size_bytes, expected", [
+    (0, "0 B"),
+    (999, "999 B"),
+    (1000, "1.0 kB"),
+    (600_000, "600.0 kB"),
+    (999_949, "999.9 kB"),
+    (999_960, "1.0 MB"),
+    (4_200_000, "4.2 MB"),
+    (3 * 10**9, "3.0 GB"),
+    (5 * 10**15, "5000.0 TB"),
+])
+def test_format_size_units(size_bytes, expected):
+    assert sizes.format_size(size_bytes) == expected
 
 
 def test_verify_reads_run_id_variable(checkpoints, cli, python_env):

@@ -81,7 +81,7 @@ def test_full_disk_names_leftover_files(small_tmpfs):
 
     message = str(caught.value)
     assert "[Errno 28 ENOSPC]" in message
-    assert f"1 leftover file(s) of other saves take 0.6 MiB there: {leftover} (a temp file of pid 1" in message
+    assert f"1 leftover file(s) of other saves take 600.0 kB there: {leftover} (a temp file of pid 1" in message
     assert f"runner inspect {path}" in message
     assert leftover.exists()
     assert_previous_intact(path, 1)

@@ -22,7 +22,7 @@ import os
 import stat
 from typing import IO, Any, Callable
 
-from runner.checkpoint import discard, faults, fileformat, known_good, locks, retention, settings, tempfiles
+from runner.checkpoint import discard, faults, fileformat, known_good, locks, retention, settings, sizes, tempfiles
 from runner.errors import (CheckpointSaveError, CorruptCheckpointError, UnsupportedCheckpointError,
                            UntrustedCheckpointError)
 
@@ -193,10 +193,10 @@ def _leftovers_note(path: str, error: OSError) -> str:
     found = tempfiles.leftovers(path)
     if not found:
         return ""
-    total_mib = sum(size for _, size, _ in found) / (1 << 20)
+    total_size = sizes.format_size(sum(size for _, size, _ in found))
     listed = "; ".join(f"{file} ({description})" for file, _, description in found[:3])
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return (f"{len(found)} leftover file(s) of other saves take {total_mib:.1f} MiB there: {listed}{more}. "
+    return (f"{len(found)} leftover file(s) of other saves take {total_size} there: {listed}{more}. "
             "A save removes those whose writer is not running on this host; remove the others by hand once their "
             f"writers have stopped (`runner inspect {path}` lists them). ")
 
