@@ -6,6 +6,7 @@ valid, and the next save must succeed, remove the dead writer's temp file and le
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +87,32 @@ def test_stale_temp_of_dead_writer_removed(tmp_path):
     assert live.exists()
     assert foreign.exists()
     assert runner.maybe_load_checkpoint(None, path)[1] == 1
+
+
+def test_stale_temp_of_zombie_writer_removed(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    zombie = subprocess.Popen(["true"])
+    try:
+        # WNOWAIT waits for the exit but leaves the child unreaped, so it stays a zombie that kill(pid, 0) still finds.
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)
+        assert process_state(zombie.pid) == "Z"
+        stale = tmp_path / f".checkpoint.pt{tempfiles.TEMP_MARKER}{zombie.pid}-0badc0de"
+        stale.write_bytes(b"half a checkpoint")
+
+        [(_, _, description)] = tempfiles.leftovers(str(path))
+        runner.save_checkpoint(crash_harness.Model(1), path)
+
+        assert description == f"a temp file of pid {zombie.pid}, not running on this host"
+        assert not stale.exists()
+        assert process_state(zombie.pid) == "Z"  # the save saw a zombie, not a reaped pid
+    finally:
+        zombie.wait()
+    assert runner.maybe_load_checkpoint(None, path)[1] == 1
+
+
+def process_state(pid: int) -> str:
+    stat_text = Path(f"/proc/{pid}/stat").read_text()
+    return stat_text[stat_text.rfind(")") + 1:].split()[0]
 
 
 def test_stale_temp_symlink_removed_not_followed(tmp_path):

@@ -21,6 +21,8 @@ TRASH_MARKER = ".runner-old-"
 _OWNER_ONLY = 0o600
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_ATTEMPTS = 8
+_EXITED_STATES = ("Z", "X")
+"""States in ``/proc/PID/stat`` of a process that has exited: zombie (not reaped yet) and dead."""
 
 
 def temp_path_for(path: str) -> str:
@@ -133,6 +135,21 @@ def _is_running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    except PermissionError:  # another user's process, which may still be a zombie
+        pass
+    return _process_state(pid) not in _EXITED_STATES
+
+
+def _process_state(pid: int) -> str | None:
+    """Read the one-letter state of ``pid`` from ``/proc/PID/stat``, or return None where /proc cannot tell.
+
+    ``kill(pid, 0)`` still succeeds for a zombie, so only its state shows that it will never write again.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            fields = stat_file.read()
+    except OSError:  # no /proc (not Linux, or not mounted), or the process just exited, so kill's result stands
+        return None
+    # The command name in brackets may contain spaces and ')', so the state is the first field after the last ')'.
+    after_name = fields[fields.rfind(b")") + 1:].split()
+    return after_name[0].decode("ascii", "replace") if after_name else None
