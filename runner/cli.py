@@ -26,6 +26,10 @@ from runner.cli_submit import add_submit_parser
 EXIT_COMMAND_NOT_FOUND = 127
 """Exit status when the job's command cannot be started, as shells use."""
 
+MAX_JOB_ID = 0xFFFFFFFE
+"""Largest value of ``--job-id``. SLURM job ids are unsigned 32-bit integers from 1 (slurm.conf(5), FirstJobId and
+MaxJobId), and SLURM reserves 0xFFFFFFFF as INFINITE."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``runner`` command with `argv` (default sys.argv[1:]) and return its exit status."""
@@ -111,7 +115,10 @@ def add_local_parser(subparsers: argparse._SubParsersAction) -> None:
         help="start N tasks of the command, as srun --ntasks N does on one node, with SLURM_PROCID 0 to N-1 "
         "(default: 1)",
     )
-    job.add_argument("--job-id", type=_job_id, metavar="ID", help="SLURM_JOB_ID (default: the scheduler's pid)")
+    job.add_argument(
+        "--job-id", type=_job_id, metavar="ID",
+        help=f"SLURM_JOB_ID, from 1 to {MAX_JOB_ID} (default: the scheduler's pid)",
+    )
     job.add_argument("--job-name", metavar="NAME", help="SLURM_JOB_NAME (default: the command's basename)")
     job.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]", help="the job to run")
     parser.set_defaults(run_subcommand=run_local, subcommand_parser=parser)
@@ -190,9 +197,17 @@ def _count(text: str) -> int:
 
 
 def _job_id(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise argparse.ArgumentTypeError(f"invalid job id {text!r}: give a whole number, 0 or more, such as 1234")
-    return int(text)
+    if not (text.isascii() and text.isdigit() and _is_slurm_job_id(text)):
+        raise argparse.ArgumentTypeError(
+            f"invalid job id {text!r}: give a whole number from 1 to {MAX_JOB_ID}, as SLURM allows, such as 1234"
+        )
+    return int(text.lstrip("0"))
+
+
+def _is_slurm_job_id(digits: str) -> bool:
+    # Compare lengths first because int() raises on strings of more than 4300 digits (CPython 3.11+ by default).
+    significant = digits.lstrip("0")
+    return len(significant) <= len(str(MAX_JOB_ID)) and 1 <= int(significant or "0") <= MAX_JOB_ID
 
 
 def _task_count(text: str) -> int:

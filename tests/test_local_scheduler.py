@@ -17,7 +17,7 @@ from runner import exitcodes
 from runner.backends.job_step import SignalTarget, parse_signal
 from runner.backends.local import CommandNotFoundError, LocalScheduler
 from runner.backends.schedule import PreemptAfter, PreemptEvery, PreemptRandom, parse_delay_range
-from runner.cli import main
+from runner.cli import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -548,3 +548,23 @@ def test_cli_job_id_error_names_option(capsys, job_id):
 
     assert exit_info.value.code == 2
     assert f"argument --job-id: invalid job id {job_id!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("job_id", ["0", "000", "4294967295", "18446744073709551616", "1" + "0" * 5000],
+                         ids=["zero", "zeros", "2**32-1", "2**64", "5001 digits"])
+def test_cli_job_id_outside_slurm_range(capsys, job_id):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["local", "--job-id", job_id, "--", "true"])
+
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument --job-id: invalid job id {job_id!r}" in error
+    assert "give a whole number from 1 to 4294967294" in error
+
+
+@pytest.mark.parametrize("job_id, expected", [("1", 1), ("4294967294", 4294967294), ("0" * 5000 + "42", 42)],
+                         ids=["one", "2**32-2", "leading zeros"])
+def test_cli_job_id_slurm_range_accepted(job_id, expected):
+    args = build_parser().parse_args(["local", "--job-id", job_id, "--", "true"])
+
+    assert args.job_id == expected
