@@ -26,9 +26,9 @@ from runner.cli_submit import add_submit_parser
 EXIT_COMMAND_NOT_FOUND = 127
 """Exit status when the job's command cannot be started, as shells use."""
 
-MAX_JOB_ID = 0xFFFFFFFE
+MAX_JOB_ID = 0xFFFFFFFD
 """Largest value of ``--job-id``. SLURM job ids are unsigned 32-bit integers from 1 (slurm.conf(5), FirstJobId and
-MaxJobId), and SLURM reserves 0xFFFFFFFF as INFINITE."""
+MaxJobId), and SLURM reserves 0xFFFFFFFE as NO_VAL and 0xFFFFFFFF as INFINITE."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -110,6 +110,17 @@ def test_stale_temp_of_zombie_writer_removed(tmp_path):
     assert runner.maybe_load_checkpoint(None, path)[1] == 1
 
 
+def test_stale_temp_of_pid_zero_removed(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    stale = tmp_path / f".checkpoint.pt{tempfiles.TEMP_MARKER}0-0badc0de"
+    stale.write_bytes(b"half a checkpoint")
+
+    runner.save_checkpoint(crash_harness.Model(1), path)
+
+    assert not stale.exists()
+    assert runner.maybe_load_checkpoint(None, path)[1] == 1
+
+
 def process_state(pid: int) -> str:
     stat_text = Path(f"/proc/{pid}/stat").read_text()
     return stat_text[stat_text.rfind(")") + 1:].split()[0]

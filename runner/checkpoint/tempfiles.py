@@ -131,6 +131,8 @@ def remove_temp(temp_path: str) -> bool:
 
 
 def _is_running(pid: int) -> bool:
+    if pid <= 0:  # os.kill would signal a whole process group, and no writer has such a pid
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
