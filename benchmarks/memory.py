@@ -71,7 +71,9 @@ def _save_in_background(strategy: BenchmarkStrategy, path: Path) -> None:
 def measure(size_mib: int, folder: Path) -> dict:
     """Run the measurement in a fresh Python process and return its result."""
     command = [sys.executable, str(Path(__file__).resolve()), "--size-mib", str(size_mib), "--folder", str(folder)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with status {result.returncode}:\n{result.stderr}")
     return json.loads(result.stdout)
 
 

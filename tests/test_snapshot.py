@@ -90,6 +90,9 @@ def test_host_memory_reused_between_snapshots():
     assert snapshot_bytes(snapshot, small) == torch_save_bytes(small)
     assert snapshot._memory._buffer is grown
 
+    snapshot_bytes(snapshot, {"w": torch.ones((1 << 18) + 1024)})  # a state that grows a little
+    assert len(snapshot._memory._buffer) == len(grown) * 5 // 4
+
 
 def test_one_storage_viewed_as_two_dtypes_rejected_like_torch_save(tmp_path):
     weights = torch.zeros(4)

@@ -64,7 +64,8 @@ class HostMemory:
         sizes = [storage.nbytes() for storage in storages]
         needed = sum(_aligned(size) for size in sizes)
         if needed > len(self._buffer):
-            self._buffer = bytearray(needed + needed // 8)  # room for a state that grows a little between saves
+            # A state that grows from save to save, such as a replay buffer, reallocates now and then, not every time.
+            self._buffer = bytearray(max(needed, len(self._buffer) * 5 // 4))
         memory = memoryview(self._buffer)
         copies = []
         offset = 0
