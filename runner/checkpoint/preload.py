@@ -12,6 +12,7 @@ This relies on a private function of torch, ``torch.serialization._load`` and it
 from __future__ import annotations
 
 import ctypes
+import functools
 import inspect
 import logging
 from typing import Any, BinaryIO
@@ -27,6 +28,7 @@ MIN_PRELOAD_BYTES = 1 << 20
 """Smaller storages are read again when unpickled; preloading them would save little and cost a call each."""
 
 
+@functools.cache  # torch does not change while the process runs, and inspect.signature is slow
 def supported() -> bool:
     """Tell whether this torch has the private load function and zip reader methods that preloading uses."""
     load = getattr(torch.serialization, "_load", None)
