@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import runner
-from runner.checkpoint import fileformat
+from runner.checkpoint import background, fileformat
 from runner.errors import CheckpointError, CheckpointSaveError
 
 
@@ -126,6 +126,53 @@ def test_failed_save_raised_by_synchronous_save(tmp_path):
         runner.save_checkpoint(State(2.0), tmp_path / "checkpoint.pkl")
 
 
+def test_next_save_reports_earlier_failure(tmp_path):
+    path = tmp_path / "checkpoint.pkl"
+    runner.save_checkpoint(State(1.0), unwritable(tmp_path), background=True)
+
+    with pytest.raises(CheckpointSaveError) as caught:
+        runner.save_checkpoint(State(2.0), path, background=True)
+
+    assert f"checkpoint {path} was not saved, because the background save before it failed" in str(caught.value)
+    assert "blocked-lock" in str(caught.value)
+
+
+def test_failed_save_logged_when_it_fails(tmp_path, caplog):
+    blocked = unwritable(tmp_path)
+    runner.save_checkpoint(State(1.0), blocked, background=True)
+    background.saver().finish()  # the save has ended, and its error waits for the next save
+
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert f"background save of checkpoint {blocked} failed" in errors[0]
+    with pytest.raises(CheckpointError, match="blocked-lock"):
+        runner.wait_for_saves()
+
+
+@pytest.mark.parametrize("option, error", [({"lock": "bogus"}, "invalid lock='bogus'"),
+                                           ({"lock_timeout_s": float("nan")}, "invalid lock_timeout_s=nan"),
+                                           ({"lock_timeout_s": "30"}, "invalid lock_timeout_s='30'")])
+def test_invalid_lock_option_raised_at_call(tmp_path, option, error):
+    path = tmp_path / "checkpoint.pkl"
+
+    with pytest.raises((ValueError, TypeError), match=error):
+        runner.save_checkpoint(State(1.0), path, background=True, **option)
+
+    runner.wait_for_saves()
+    assert not path.exists()
+
+
+def test_load_returns_own_background_save(tmp_path):
+    path = tmp_path / "checkpoint.pkl"
+    for value in range(1, 6):
+        runner.save_checkpoint(State(float(value)), path, background=True)
+
+        loaded, counter = runner.maybe_load_checkpoint(None, path)
+
+        assert counter == value
+        assert loaded.weights[0].item() == float(value)
+
+
 def test_unpicklable_state_raised_at_call(tmp_path):
     state = State(1.0)
     state.lock = threading.Lock()
@@ -231,7 +278,7 @@ def background_module_store():
 
 
 SAVE_AND_EXIT = textwrap.dedent("""
-    import multiprocessing, sys
+    import multiprocessing, sys, threading
     import torch
     import runner
 
@@ -243,17 +290,23 @@ SAVE_AND_EXIT = textwrap.dedent("""
         state.weights = torch.arange(16 << 20, dtype=torch.float32)  # 64 MiB: still writing when the script ends
         runner.save_checkpoint(state, path, background=True)
 
+    def save_from_daemon_thread(path):
+        thread = threading.Thread(target=save, args=(path,), daemon=True)
+        thread.start()
+        thread.join()
+
     if __name__ == "__main__":
-        if sys.argv[2] == "child":  # multiprocessing joins the child's threads, then leaves through os._exit
-            child = multiprocessing.get_context("fork").Process(target=save, args=(sys.argv[1],))
+        target = save_from_daemon_thread if sys.argv[2].endswith("daemon thread") else save
+        if sys.argv[2].startswith("child"):  # multiprocessing joins the child's threads, then leaves by os._exit
+            child = multiprocessing.get_context("fork").Process(target=target, args=(sys.argv[1],))
             child.start()
             child.join()
             sys.exit(child.exitcode)
-        save(sys.argv[1])
+        target(sys.argv[1])
 """)
 
 
-@pytest.mark.parametrize("where", ["main", "child"])
+@pytest.mark.parametrize("where", ["main", "child", "child, daemon thread"])
 def test_save_in_flight_at_exit_commits(tmp_path, python, python_env, where):
     checkpoint = tmp_path / "checkpoint.pkl"
 

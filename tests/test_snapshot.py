@@ -1,10 +1,12 @@
 """A background save's snapshot writes exactly what torch.save writes, and keeps its host memory between saves."""
 
 import io
+import threading
 
 import numpy
 import pytest
 import torch
+from torch.utils.serialization import config as serialization_config
 
 import runner
 from runner.checkpoint import serialization
@@ -69,10 +71,27 @@ def test_snapshot_keeps_bytes_of_the_call():
 
     payload["weights"].add_(1.0)
     buffer = io.BytesIO()
-    with serialization._without_zip_crc32():
-        snapshot.write(buffer)
+    snapshot.write(buffer, {"save.compute_crc32": False})
 
     assert buffer.getvalue() == expected
+
+
+def test_snapshot_written_with_caller_save_settings():
+    """torch keeps its save settings per thread, and the worker thread that writes must use the caller's."""
+    payload = {"weights": torch.arange(100.0)}
+    snapshot = Snapshot()
+    with serialization_config.patch({"save.storage_alignment": 4096}):
+        expected = torch_save_bytes(payload)
+        with saving(SaveContext(Exclusion())), serialization._without_zip_crc32():
+            snapshot.take(payload)
+    written = io.BytesIO()
+
+    writer = threading.Thread(target=snapshot.write, args=(written,))
+    writer.start()
+    writer.join()
+
+    assert written.getvalue() == expected
+    assert written.getvalue() != torch_save_bytes(payload)
 
 
 def test_host_memory_reused_between_snapshots():

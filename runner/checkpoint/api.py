@@ -59,6 +59,8 @@ def save_checkpoint(
     """
     keep = settings.resolve_keep(keep)
     run_id = settings.resolve_run_id(run_id)
+    lock = settings.resolve_lock_kind(lock)  # here, not in the worker, so a background save rejects it at the call
+    lock_timeout_s = settings.check_lock_timeout(lock_timeout_s)
     counter = _exp_counter_of(strategy) if exp_counter is None else int(exp_counter)
     if counter < 0:
         raise ValueError(f"invalid experience counter {counter}: it is the index of the next experience, 0 or more")
@@ -71,7 +73,7 @@ def save_checkpoint(
                              "or save without background")
         _save_in_background(strategy, name, counter, header, exclusion, keep, run_id, lock, lock_timeout_s)
         return
-    background_saves.saver().wait()  # saves commit in the order they were made
+    background_saves.saver().wait_before_save(name)  # saves commit in the order they were made
 
     def write(file: IO[bytes]) -> None:
         serialization.write_checkpoint(file, strategy, counter, header, exclusion, name)
@@ -141,6 +143,7 @@ def maybe_load_checkpoint(
         return _load_stream(strategy, fname, map_location, registry, trust)
     path = _checked_path(fname, saving=False)
     run_id = settings.resolve_run_id(run_id)
+    background_saves.saver().finish()  # this process's own last save is the newest checkpoint it can load
     if not os.path.lexists(path) and not inventory.checkpoint_files(path):  # listing the folder costs more
         logger.info("no checkpoint at %s, starting from experience 0", path)
         return strategy, 0

@@ -22,6 +22,7 @@ from typing import Callable
 from runner import pending_saves
 from runner.checkpoint import discard
 from runner.checkpoint.snapshot import Snapshot
+from runner.errors import CheckpointSaveError
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +43,39 @@ class BackgroundSaver:
         Raise the previous save's error, if it failed, without starting this one.
         """
         with self._guard:
-            self._wait_locked()
+            self._wait_before_locked(name)
             take_snapshot(self.snapshot)
             self._name = name
-            self._worker = threading.Thread(target=self._run, args=(commit,), name="runner-background-save")
+            # Not a daemon even when the caller's thread is one: a multiprocessing child joins only the others.
+            self._worker = threading.Thread(target=self._run, args=(commit,), name="runner-background-save",
+                                            daemon=False)
             self._worker.start()
 
     def wait(self) -> None:
         """Return once the save in flight, if any, has committed; raise its error if it failed."""
         with self._guard:
             self._wait_locked()
+
+    def wait_before_save(self, name: str) -> None:
+        """Wait as ``wait`` does before a save of ``name``; the error of a failed save then states that ``name`` was
+        not saved."""
+        with self._guard:
+            self._wait_before_locked(name)
+
+    def finish(self) -> None:
+        """Return once the save in flight, if any, has ended; keep its error for the next save or wait."""
+        with self._guard:
+            if self._worker is not None:
+                self._worker.join()
+                self._worker = None
+
+    def _wait_before_locked(self, name: str) -> None:
+        try:
+            self._wait_locked()
+        except Exception as error:
+            raise CheckpointSaveError(
+                f"checkpoint {name} was not saved, because the background save before it failed: {error}",
+                name) from error
 
     def _wait_locked(self) -> None:
         if self._worker is not None:
@@ -67,7 +91,9 @@ class BackgroundSaver:
             commit(self.snapshot)
         except BaseException as error:  # raised in the caller's thread by the next save or wait
             self._error = error
-            logger.debug("background save of %s failed: %s", self._name, error)
+            # Logged now as well: a process that ends with os._exit (a multiprocessing child) skips the exit hook.
+            logger.error("background save of checkpoint %s failed; the next save or wait_for_saves() raises it: %s",
+                         self._name, error)
 
     def report_uncollected(self) -> None:
         """Log at ERROR an error that no save or wait raised, as the process exits."""

@@ -22,6 +22,9 @@ from runner.checkpoint.standard_pickling import pickle_module
 from runner.checkpoint.unique import Registry, report_rebuilt
 from runner.errors import CheckpointSaveError
 
+_ZIP_CRC32 = "save.compute_crc32"
+"""The torch.save setting for the CRC-32 of each zip record, which runner turns off."""
+
 
 def write_checkpoint(file: IO[bytes], strategy: Any, exp_counter: int, header: dict, exclusion: Exclusion,
                      name: str) -> None:
@@ -52,8 +55,7 @@ def write_snapshot(file: IO[bytes], header: dict, snapshot: Snapshot) -> None:
     """Write a whole checkpoint to ``file`` from the payload that ``take_snapshot`` kept."""
 
     def write_payload(writer: IO[bytes]) -> None:
-        with _without_zip_crc32():
-            snapshot.write(writer)
+        snapshot.write(writer, {_ZIP_CRC32: False})
 
     _write_framed(file, header, write_payload)
 
@@ -153,7 +155,7 @@ def _without_zip_crc32() -> Any:
     """
     from torch.utils.serialization import config
 
-    return config.patch({"save.compute_crc32": False})
+    return config.patch({_ZIP_CRC32: False})
 
 
 def read_payload(file: IO[bytes], map_location: Any, registry: Registry | None,

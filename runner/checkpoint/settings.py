@@ -13,7 +13,9 @@ variable                       sets                                             
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Any
 
 KEEP_ENV_VAR = "RUNNER_KEEP_CHECKPOINTS"
 LOCK_ENV_VAR = "RUNNER_LOCK"
@@ -55,6 +57,15 @@ def resolve_lock_kind(lock: str | None) -> str:
     if lock not in LOCK_KINDS:
         raise ValueError(f"invalid {source}: use 'flock' (the default) or 'soft' on filesystems without flock")
     return lock
+
+
+def check_lock_timeout(timeout_s: Any) -> float:
+    """Return ``timeout_s`` as a float; raise for anything but a number of seconds (negative waits forever)."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
+        raise TypeError(f"invalid lock_timeout_s={timeout_s!r}: give a number of seconds, such as 30")
+    if math.isnan(timeout_s):
+        raise ValueError("invalid lock_timeout_s=nan: give a number of seconds, such as 30")
+    return float(timeout_s)
 
 
 def resolve_run_id(run_id: str | None) -> str | None:

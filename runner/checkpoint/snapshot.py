@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import torch
 from torch.serialization import DEFAULT_PROTOCOL, location_tag, normalize_storage_type
+from torch.utils.serialization import config as serialization_config
 
 from runner.checkpoint.standard_pickling import CheckpointPickler
 
@@ -29,6 +30,7 @@ class Snapshot:
         self._memory = HostMemory()
         self._pickled = b""
         self._copies: list[torch.UntypedStorage] = []
+        self._save_settings: dict[str, Any] = {}
 
     def take(self, payload: Any) -> None:
         """Pickle ``payload`` and copy every tensor storage it contains into host memory."""
@@ -38,10 +40,16 @@ class Snapshot:
         pickler.dump(payload)
         self._copies = self._memory.copy(pickler.storages)
         self._pickled = buffer.getvalue()
+        self._save_settings = _save_settings()
 
-    def write(self, target: BinaryIO) -> None:
-        """Write the payload to ``target`` with ``torch.save``, from the bytes that ``take`` kept."""
-        torch.save(_Replay(self._pickled, self._copies), target, pickle_module=_replay_module)
+    def write(self, target: BinaryIO, settings: dict[str, Any] | None = None) -> None:
+        """Write the payload to ``target`` with ``torch.save``, from the bytes that ``take`` kept.
+
+        torch.save runs with the ``torch.utils.serialization.config`` settings of the thread that called ``take``,
+        updated with ``settings`` (such as ``{"save.compute_crc32": False}``).
+        """
+        with serialization_config.patch({**self._save_settings, **(settings or {})}):
+            torch.save(_Replay(self._pickled, self._copies), target, pickle_module=_replay_module)
 
     def release(self) -> None:
         """Drop the pickled bytes and the views of host memory. The memory itself stays for the next snapshot."""
@@ -78,6 +86,11 @@ class HostMemory:
             copies.append(copy)
             offset += _aligned(size)
         return copies
+
+
+def _save_settings() -> dict[str, Any]:
+    """Return torch.save's settings in this thread: torch keeps them per thread."""
+    return {key: value for key, value in serialization_config.get_config_copy().items() if key.startswith("save.")}
 
 
 def _aligned(size: int) -> int:
@@ -131,7 +144,7 @@ class _Replay:
 
 
 class _ReplayPickler:
-    """A pickler that writes a snapshot's pickled bytes and hands torch the storage copies in the order of their keys."""
+    """A pickler that writes a snapshot's pickled bytes and hands torch the storage copies in key order."""
 
     def __init__(self, file: BinaryIO, protocol: int | None = None, **kwargs: Any):
         self._file = file
