@@ -56,7 +56,7 @@ def snapshot_bytes(snapshot, payload):
 
 
 @pytest.mark.parametrize("make_payload", [shared_storages, mixed_dtypes, modules, needs_dill])
-def test_snapshot_writes_what_torch_save_writes(make_payload):
+def test_snapshot_matches_torch_save(make_payload):
     payload = make_payload()
 
     assert snapshot_bytes(Snapshot(), payload) == torch_save_bytes(payload)
@@ -105,7 +105,8 @@ def test_host_memory_reused_between_snapshots():
 
     assert snapshot_bytes(snapshot, large) == torch_save_bytes(large)
     grown = snapshot._memory._buffer
-    assert grown is not first and len(grown) >= 4 << 18
+    assert grown is not first
+    assert len(grown) >= 4 << 18
     assert snapshot_bytes(snapshot, small) == torch_save_bytes(small)
     assert snapshot._memory._buffer is grown
 
@@ -113,7 +114,7 @@ def test_host_memory_reused_between_snapshots():
     assert len(snapshot._memory._buffer) == len(grown) * 5 // 4
 
 
-def test_one_storage_viewed_as_two_dtypes_rejected_like_torch_save(tmp_path):
+def test_two_dtypes_one_storage_rejected(tmp_path):
     weights = torch.zeros(4)
     state = {"weights": weights, "bits": weights.view(torch.int32)}
     with pytest.raises(RuntimeError, match="view the same data as different types"):
@@ -127,7 +128,7 @@ def test_one_storage_viewed_as_two_dtypes_rejected_like_torch_save(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_snapshot_of_cuda_tensors_writes_what_torch_save_writes():
+def test_cuda_snapshot_matches_torch_save():
     payload = {"weights": torch.randn(1000, device="cuda"), "cpu": torch.ones(3)}
 
     assert snapshot_bytes(Snapshot(), payload) == torch_save_bytes(payload)

@@ -150,7 +150,7 @@ def _process_state(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat_file:
             fields = stat_file.read()
-    except OSError:  # no /proc (not Linux, or not mounted), or the process just exited, so kill's result stands
+    except OSError:  # no /proc (not Linux, or not mounted), or the process just exited, so kill's result is kept
         return None
     # The command name in brackets may contain spaces and ')', so the state is the first field after the last ')'.
     after_name = fields[fields.rfind(b")") + 1:].split()
