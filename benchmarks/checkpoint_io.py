@@ -2,10 +2,11 @@
 
 - durable save: ``runner.save_checkpoint`` against writing the same number of bytes to a new file with
   ``os.write`` and ``fsync``, in one write, and streamed: in 4 MiB writes, each followed by a hint to start writing
-  it to disk (``POSIX_FADV_DONTNEED``), as runner writes. The streamed write is the fastest way to a durable file
+  it to disk (``POSIX_FADV_DONTNEED``), much as runner writes. The streamed write is the fastest way to a durable file
   found on this project's machine, so the second ratio shows what is left between runner and the disk. Between
-  turns, untimed, the raw file is removed, runner's worker finishes removing the old checkpoints (``runner.wait_for_saves()``) and ``os.sync()`` writes out everything, which is what the
-  kernel does by itself while a job trains between two saves. Every turn then starts from the same clean state;
+  turns, untimed, the raw file is removed, runner's worker finishes removing the old checkpoints
+  (``runner.wait_for_saves()``) and ``os.sync()`` writes out everything, which is what the kernel does by itself
+  while a job trains between two saves. Every turn then starts from the same clean state;
 - verified load: ``runner.maybe_load_checkpoint`` against ``torch.load`` of the same payload bytes, copied out
   of the checkpoint into a file of their own. Both read a file that is in the page cache (warm);
 - usual practice: ``torch.save(strategy, path, pickle_module=dill)`` straight over the file, without fsync, and

@@ -49,7 +49,7 @@ def run(quick: bool, folder: Path) -> dict:
     repeats = 3 if quick else 7
     by_size = {}
     for size_mib in sizes:
-        by_size[size_mib] = measure_size(size_mib, repeats, folder / f"{size_mib}-mib")
+        by_size[size_mib] = measure_size(size_mib, repeats, folder / f"{size_mib}-mib", more_turns=not quick)
     schedule = (goodput.Schedule(epochs=30, preemptions=1, preempt_after_s=2.0) if quick
                 else goodput.Schedule(epochs=200, preemptions=3, preempt_after_s=6.0, rounds=3))
     results = {
@@ -66,12 +66,14 @@ def run(quick: bool, folder: Path) -> dict:
     return results
 
 
-def measure_size(size_mib: int, repeats: int, folder: Path) -> dict:
+def measure_size(size_mib: int, repeats: int, folder: Path, more_turns: bool = True) -> dict:
     folder.mkdir(parents=True)
     strategy = BenchmarkStrategy(size_mib)
     figures = {"state_bytes": strategy.tensor_bytes()}
     # Short turns vary the most relative to their length, and cost little. At 1 GiB a turn varies by up to 3x.
-    turns = 3 * repeats if size_mib <= STALL_SIZE_MIB else 2 * repeats
+    turns = repeats
+    if more_turns:
+        turns *= 3 if size_mib <= STALL_SIZE_MIB else 2
     save = checkpoint_io.measure_save(strategy, folder, turns)
     load = checkpoint_io.measure_load(strategy, folder, turns)
     figures.update({key: round(value, 3) for key, value in {**save, **load}.items() if isinstance(value, float)})

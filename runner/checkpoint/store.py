@@ -120,7 +120,7 @@ class _CountingWriter:
     waits for all of them, finds most already written. The same hint drops from the page cache the bytes of
     earlier large writes that are on disk by then: a large checkpoint then does not push the job's data out of
     the cache, and its later writes reuse those pages instead of new ones (on this project's virtual machine, a
-    1 GiB save took 0.42 s instead of 0.75 s).
+    1 GiB save took 0.42 s instead of 0.64 s, medians of 7 turns).
     """
 
     def __init__(self, file: IO[bytes]):
