@@ -3,7 +3,7 @@
 Every action runs once per turn, each after the same preparation, and a ratio is of two medians over the turns. A
 slow moment of the machine then hits all sides alike. The order of the actions rotates from turn to turn, so that
 each runs in every position equally often. On a virtual machine that hands freed memory back to its host (free
-page reporting), a large write that gets such pages runs 2x to 5x slower, depending on what ran before it.
+page reporting), a large write runs 2x to 5x slower in some turns than in others, whichever side it belongs to.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ class _CountingWriter:
     def __init__(self, file: IO[bytes]):
         self._file = file
         self._offset = 0
-        self._uncached_until = 0
+        self._next_hint_start = 0
         self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
@@ -138,8 +138,8 @@ class _CountingWriter:
             raise
         if count >= _WRITEBACK_MIN_BYTES:  # BufferedWriter passed it to the kernel whole, after what it buffered
             end = self._offset + count
-            _start_writeback(self._file.fileno(), self._uncached_until, end - self._uncached_until)
-            self._uncached_until = self._offset  # this write's pages are still being written, so not yet dropped
+            _start_writeback(self._file.fileno(), self._next_hint_start, end - self._next_hint_start)
+            self._next_hint_start = self._offset  # this write's pages are still dirty, so the next hint covers them
         self._offset += count
         return count
 
